@@ -1,0 +1,1 @@
+"""See impasto/__init__.py for the public names."""

@@ -83,3 +83,78 @@ def set_backend(module: torch.nn.Module, backend: AttentionBackend) -> None:
     for m in module.modules():
         if hasattr(m, "attn_backend"):
             m.attn_backend = AttentionBackend(backend.kind, backend.slice_size, m.attn_backend.upcast)
+
+
+class Attention(torch.nn.Module):
+    """Multi-head attention with diffusers' parameter names (to_q, to_k, to_v, to_out.0, group_norm).
+
+    Self-attention when `encoder_hidden_states` is None, cross-attention otherwise. 4-D inputs (VAE mid
+    block) are flattened to tokens and restored; `residual_connection` adds the input back.
+    """
+
+    def __init__(self, query_dim: int, cross_attention_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 bias: bool = False, upcast_attention: bool = False, out_bias: bool = True,
+                 norm_num_groups: int | None = None, eps: float = 1e-5, residual_connection: bool = False,
+                 rescale_output_factor: float = 1.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.is_cross = cross_attention_dim is not None
+        self.residual_connection = residual_connection
+        self.rescale_output_factor = rescale_output_factor
+        self.group_norm = (torch.nn.GroupNorm(norm_num_groups, query_dim, eps=eps, affine=True)
+                           if norm_num_groups is not None else None)
+        kv_dim = cross_attention_dim or query_dim
+        self.to_q = torch.nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = torch.nn.Linear(kv_dim, inner, bias=bias)
+        self.to_v = torch.nn.Linear(kv_dim, inner, bias=bias)
+        self.to_out = torch.nn.ModuleList([torch.nn.Linear(inner, query_dim, bias=out_bias), torch.nn.Dropout(0.0)])
+        self.attn_backend = AttentionBackend(upcast=upcast_attention)
+        self.fused = False
+
+    # fuse_qkv_projections: one matmul for q,k,v (self) or k,v (cross); weights keep their own names
+    def fuse_projections(self) -> None:
+        self.fused = True
+
+    def unfuse_projections(self) -> None:
+        self.fused = False
+
+    def _project(self, x, context):
+        if not self.fused:
+            return self.to_q(x), self.to_k(context), self.to_v(context)
+        def cat(*ls):
+            w = torch.cat([l.weight for l in ls])
+            b = None if ls[0].bias is None else torch.cat([l.bias for l in ls])
+            return w, b
+        if context is x:
+            w, b = cat(self.to_q, self.to_k, self.to_v)
+            return F.linear(x, w, b).chunk(3, dim=-1)
+        w, b = cat(self.to_k, self.to_v)
+        k, v = F.linear(context, w, b).chunk(2, dim=-1)
+        return self.to_q(x), k, v
+
+    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **unused):
+        residual = hidden_states
+        spatial = hidden_states.ndim == 4
+        if spatial:
+            b, c, h, w = hidden_states.shape
+        if self.group_norm is not None:
+            hidden_states = self.group_norm(hidden_states)
+        if spatial:
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = self._project(hidden_states, context)
+        mask = None
+        if attention_mask is not None:  # (b, n_k) keep-mask or additive bias -> (b, 1, 1, n_k) additive
+            mask = attention_mask
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+            while mask.ndim < 4:
+                mask = mask.unsqueeze(1)
+        out = attention(q, k, v, self.heads, mask=mask, backend=self.attn_backend)
+        out = self.to_out[0](out)
+        if spatial:
+            out = out.transpose(1, 2).reshape(b, c, h, w)
+        if self.residual_connection:
+            out = out + residual
+        return out / self.rescale_output_factor if self.rescale_output_factor != 1.0 else out

@@ -16,7 +16,15 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.schedule import PREDICTION_TYPES, TIMESTEP_SPACINGS, check_choice
+from ..core.schedule import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
+    alphas_cumprod,
+    check_choice,
+    make_betas,
+    rescale_zero_terminal_snr,
+)
 from ..models.config import ConfigMixin
 from ..outputs import BaseOutput
 
@@ -143,6 +151,22 @@ class SchedulerMixin(ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
+    # ---- training schedule ----------------------------------------------------------------------------------
+    def _init_train_schedule(self, allowed: Sequence[str] = BETA_SCHEDULES, zero_snr_floor: bool = False) -> None:
+        """Set `betas`, `alphas`, `alphas_cumprod` from the config (beta_schedule / trained_betas, optional
+        rescale_betas_zero_snr; `zero_snr_floor` puts 2**-24 in place of the final 0 so sigmas stay finite)."""
+        c = self.config
+        betas = make_betas(c.beta_schedule, c.beta_start, c.beta_end, c.num_train_timesteps, c.trained_betas,
+                           allowed=allowed, owner=type(self).__name__)
+        zero_snr = bool(c.get("rescale_betas_zero_snr", False))
+        if zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = alphas_cumprod(betas)
+        if zero_snr and zero_snr_floor:
+            self.alphas_cumprod[-1] = 2**-24
+
     # ---- checks ---------------------------------------------------------------------------------------------
     def _check_config(
         self,
@@ -185,8 +209,3 @@ class SchedulerMixin(ConfigMixin):
                     f"num_train_timesteps={total}"
                 )
 
-
-def expand_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Flatten per-sample `values` and append singleton dims so they broadcast against `like`."""
-    values = values.flatten()
-    return values.reshape(values.shape + (1,) * (like.ndim - 1))

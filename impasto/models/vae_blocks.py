@@ -68,10 +68,10 @@ class UNetMidBlock2D(nn.Module):
                                  time_embedding_norm=resnet_time_scale_shift, output_scale_factor=output_scale_factor)
 
         self.add_attention = add_attention
-        self.resnets = nn.ModuleList([resnet() for _ in range(num_layers + 1)])
         self.attentions = nn.ModuleList(
             [vae_attention(in_channels, head_dim, attn_groups, resnet_eps, output_scale_factor) if add_attention
              else None for _ in range(num_layers)])
+        self.resnets = nn.ModuleList([resnet() for _ in range(num_layers + 1)])
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = self.resnets[0](hidden_states, temb)
@@ -88,15 +88,12 @@ class _ResamplingBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, eps: float, act_fn: str,
                  groups: int, attention: bool):
         super().__init__()
+        self.attentions = nn.ModuleList([vae_attention(out_channels, out_channels, groups, eps)
+                                         for _ in range(num_layers)]) if attention else None
         self.resnets = nn.ModuleList([
             ResnetBlock2D(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
                           temb_channels=None, eps=eps, groups=groups, non_linearity=act_fn)
             for i in range(num_layers)])
-        if attention:
-            self.attentions = nn.ModuleList([vae_attention(out_channels, out_channels, groups, eps)
-                                             for _ in range(num_layers)])
-        else:
-            self.attentions = None
 
     def _layers(self, hidden_states):
         for i, resnet in enumerate(self.resnets):
@@ -196,9 +193,9 @@ class Decoder(nn.Module):
         _check_blocks(up_block_types, block_out_channels, "up_block_types")
         top = block_out_channels[-1]
         self.conv_in = nn.Conv2d(in_channels, top, 3, padding=1)
+        self.up_blocks = nn.ModuleList()  # registered before mid_block: diffusers' state-dict key order
         self.mid_block = UNetMidBlock2D(top, None, resnet_eps=1e-6, resnet_act_fn=act_fn, resnet_groups=norm_num_groups,
                                         attention_head_dim=top, add_attention=mid_block_add_attention)
-        self.up_blocks = nn.ModuleList()
         channels = list(reversed(block_out_channels))
         prev = channels[0]
         for i, (kind, ch) in enumerate(zip(up_block_types, channels)):

@@ -26,7 +26,8 @@ SPECIAL_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"
 _DESCRIPTIVE = {"name_or_path", "tokenizer_class", "special_tokens_map_file", "clean_up_tokenization_spaces",
                 "added_tokens_decoder", "model_input_names", "extra_special_tokens", "do_basic_tokenize",
                 "never_split", "tokenizer_file", "vocab_file", "backend", "processor_class", "auto_map",
-                "additional_special_tokens", "full_tokenizer_file", "max_len", "init_inputs"}
+                "additional_special_tokens", "full_tokenizer_file", "max_len", "init_inputs", "is_local",
+                "local_files_only"}
 
 
 class BatchEncoding(dict):

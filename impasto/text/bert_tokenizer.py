@@ -259,14 +259,16 @@ class BertTokenizer:
         finally:
             tok.no_truncation()
             tok.no_padding()
-        for i, enc in enumerate(encodings):
-            if enc.overflowing:
-                removed = tok.decode(enc.overflowing[0].ids, skip_special_tokens=True)
-                logger.warning("The following part of the input was truncated because the tokenizer keeps at most "
-                               "%d tokens (max_length): %r", max_length, removed)
-            elif not truncation and len(enc.ids) > self.model_max_length:
-                logger.warning("Token sequence of length %d is longer than this tokenizer's model_max_length (%d); "
-                               "the model may not accept it", len(enc.ids), self.model_max_length)
+        removed = [" ".join(tok.decode(o.ids, skip_special_tokens=True) for o in e.overflowing)
+                   for e in encodings if e.overflowing]
+        if removed:
+            logger.warning("%d of %d inputs were truncated to max_length=%d tokens; removed: %s", len(removed),
+                           len(encodings), max_length, "; ".join(repr(r) for r in removed[:3])
+                           + (" ..." if len(removed) > 3 else ""))
+        too_long = [len(e.ids) for e in encodings if not truncation and len(e.ids) > self.model_max_length]
+        if too_long:
+            logger.warning("Token sequence of length %d is longer than this tokenizer's model_max_length (%d); "
+                           "the model may not accept it", max(too_long), self.model_max_length)
         data = {"input_ids": [e.ids for e in encodings]}
         if return_token_type_ids is not False:
             data["token_type_ids"] = [e.type_ids for e in encodings]

@@ -1,0 +1,203 @@
+"""LoRA file formats -> one normal form: {component: {module name: LoraWeights}}.
+
+Formats read: diffusers/PEFT (`unet.<module>.lora_A.weight` / `lora_B.weight`, alphas in the
+`lora_adapter_metadata`), the older diffusers attention-processor names (`...to_q_lora.down.weight`), and
+kohya/A1111 (`lora_unet_*`, `lora_te_*`, `lora_te1_*`, `lora_te2_*` with `.lora_down`/`.lora_up`/`.alpha`,
+convolution LoRA included). Module names are resolved against the real model, so every key either lands
+on a layer or is reported by name.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..single_file import keys as K
+
+KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
+                "lora_te2_": "text_encoder_2"}
+
+
+@dataclass
+class LoraWeights:
+    down: torch.Tensor  # A: (rank, in) or (rank, in, kh, kw)
+    up: torch.Tensor  # B: (out, rank) or (out, rank, 1, 1)
+    alpha: float | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def delta(self) -> torch.Tensor:
+        """The weight update B @ A (times alpha / rank), shaped like the target layer's weight."""
+        up, down = self.up.flatten(1).float(), self.down.flatten(1).float()
+        d = (up @ down) * self.scale
+        return d.reshape(self.up.shape[0], *self.down.shape[1:])
+
+
+def lora_targets(module: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def _kohya_lookup(component: str, module: nn.Module) -> dict[str, str]:
+    names = lora_targets(module)
+    table = {n.replace(".", "_"): n for n in names}
+    if component == "unet" and hasattr(module, "config"):  # SDXL kohya files use the original (sgm) names
+        inverse = {d: o for d, o in K.unet_pairs(module.config)}
+        for n in names:
+            original = K._rename(n, inverse)
+            table.setdefault(original.replace(".", "_"), n)
+    return table
+
+
+def parse(state: dict, components: dict[str, nn.Module], metadata: dict | None = None):
+    """Returns ({component: {module: LoraWeights}}, unmatched keys)."""
+    if any(k.startswith(tuple(KOHYA_PREFIX)) for k in state):
+        return _parse_kohya(state, components)
+    return _parse_diffusers(state, components, metadata or {})
+
+
+def _parse_kohya(state, components):
+    out: dict[str, dict[str, LoraWeights]] = {}
+    unmatched, used = [], set()
+    lookups = {}
+    for key in state:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key[: -len(".lora_down.weight")]
+        prefix = next((p for p in sorted(KOHYA_PREFIX, key=len, reverse=True) if name.startswith(p)), None)
+        comp = KOHYA_PREFIX.get(prefix)
+        if comp not in components or components[comp] is None:
+            unmatched.append(key)
+            continue
+        if comp not in lookups:
+            lookups[comp] = _kohya_lookup(comp, components[comp])
+        target = lookups[comp].get(name[len(prefix):])
+        up_key, alpha_key = name + ".lora_up.weight", name + ".alpha"
+        if target is None or up_key not in state:
+            unmatched.append(key)
+            continue
+        alpha = state.get(alpha_key)
+        out.setdefault(comp, {})[target] = LoraWeights(state[key], state[up_key],
+                                                       None if alpha is None else float(alpha))
+        used.update({key, up_key, alpha_key})
+    unmatched += [k for k in state if k not in used and k not in unmatched]
+    return out, unmatched
+
+
+_DIFFUSERS_PATTERNS = [
+    (re.compile(r"^(?P<m>.+)\.lora_A(?:\.[^.]+)?\.weight$"), re.compile(r"\.lora_A((?:\.[^.]+)?)\.weight$"),
+     r".lora_B\1.weight"),
+    (re.compile(r"^(?P<m>.+)\.lora\.down\.weight$"), re.compile(r"\.lora\.down\.weight$"), ".lora.up.weight"),
+    (re.compile(r"^(?P<m>.+)\.lora_linear_layer\.down\.weight$"), re.compile(r"\.lora_linear_layer\.down\.weight$"),
+     ".lora_linear_layer.up.weight"),
+]
+_OLD_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+
+
+def _module_name(raw: str) -> str:
+    """'...attn1.processor.to_out_lora' -> '...attn1.to_out.0'; text '...q_proj' stays."""
+    m = _OLD_PROCESSOR.search(raw)
+    if m:
+        proj = m.group(1)
+        raw = raw[: m.start()] + "." + (proj + ".0" if proj == "to_out" else proj)
+    return raw
+
+
+def _parse_diffusers(state, components, metadata):
+    out: dict[str, dict[str, LoraWeights]] = {}
+    unmatched, used = [], set()
+    alphas = _metadata_alphas(metadata)
+    for key in state:
+        for pattern, down_suffix, up_suffix in _DIFFUSERS_PATTERNS:
+            m = pattern.match(key)
+            if not m:
+                continue
+            comp, _, raw = m.group("m").partition(".")
+            if comp not in components:  # files saved from a bare UNet have no component prefix
+                comp, raw = "unet", m.group("m")
+            up_key = down_suffix.sub(up_suffix, key)
+            module = _module_name(raw)
+            targets = lora_targets(components[comp]) if components.get(comp) is not None else {}
+            if module not in targets or up_key not in state:
+                unmatched.append(key)
+                break
+            alpha = state.get(f"{comp}.{raw}.alpha")
+            alpha = float(alpha) if alpha is not None else alphas.get(comp, {}).get(module)
+            out.setdefault(comp, {})[module] = LoraWeights(state[key], state[up_key], alpha)
+            used.update({key, up_key, f"{comp}.{raw}.alpha"})
+            break
+    unmatched += [k for k in state if k not in used and k not in unmatched]
+    return out, unmatched
+
+
+def _metadata_alphas(metadata: dict) -> dict[str, dict[str, float]]:
+    """PEFT adapter configs (`lora_alpha`, `r`, `alpha_pattern`) from diffusers' safetensors metadata."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    per_comp: dict[str, dict] = {}
+    for key, value in data.items():
+        comp, _, field = key.partition(".")
+        per_comp.setdefault(comp, {})[field] = value
+    return {comp: _Alphas(cfg) for comp, cfg in per_comp.items()}
+
+
+class _Alphas(dict):
+    """Looks up a module's alpha from a PEFT LoraConfig dict (default lora_alpha, or alpha_pattern)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+
+    def get(self, module, default=None):
+        for pattern, alpha in (self.cfg.get("alpha_pattern") or {}).items():
+            if module == pattern or module.endswith("." + pattern) or re.fullmatch(pattern, module):
+                return float(alpha)
+        alpha = self.cfg.get("lora_alpha")
+        return float(alpha) if alpha is not None else default
+
+
+def pair_peft(state: dict) -> dict[str, LoraWeights]:
+    """{'<module>.lora_A.weight': A, '<module>.lora_B.weight': B} -> {module: LoraWeights} (no model needed)."""
+    out = {}
+    for key, down in state.items():
+        if key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            up = state.get(module + ".lora_B.weight")
+            if up is None:
+                raise ValueError(f"LoRA: {key} has no matching lora_B weight")
+            out[module] = LoraWeights(down, up)
+    if not out:
+        raise ValueError("LoRA: expected keys ending in .lora_A.weight / .lora_B.weight")
+    return out
+
+
+def to_peft_state(adapter: dict[str, dict[str, LoraWeights]]) -> tuple[dict, dict]:
+    """Normal form -> (diffusers/PEFT state dict, adapter metadata with per-module alphas)."""
+    state, metadata = {}, {}
+    for comp, modules in adapter.items():
+        ranks = {}
+        alphas = {}
+        for name, w in modules.items():
+            state[f"{comp}.{name}.lora_A.weight"] = w.down.contiguous()
+            state[f"{comp}.{name}.lora_B.weight"] = w.up.contiguous()
+            ranks[name] = w.rank
+            alphas[name] = w.alpha if w.alpha is not None else w.rank
+        r = max(set(ranks.values()), key=list(ranks.values()).count)
+        a = max(set(alphas.values()), key=list(alphas.values()).count)
+        metadata.update({
+            f"{comp}.r": r, f"{comp}.lora_alpha": a,
+            f"{comp}.rank_pattern": {n: v for n, v in ranks.items() if v != r},
+            f"{comp}.alpha_pattern": {n: v for n, v in alphas.items() if v != a},
+            f"{comp}.target_modules": sorted(modules),
+        })
+    return state, metadata

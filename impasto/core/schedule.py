@@ -222,8 +222,17 @@ def sigma_to_t(sigma, log_sigmas: np.ndarray) -> np.ndarray:
     """Fractional training timestep(s) of `sigma`, by linear interpolation on the log of the training sigmas.
 
     `log_sigmas` is ascending in t (np.log of `sigmas_from_alphas_cumprod`). Works element-wise on arrays and
-    keeps their dtype arithmetic, so the result equals diffusers' per-sigma `_sigma_to_t`.
+    keeps their dtype arithmetic (torch tensors in, torch float arithmetic out), so the result equals
+    diffusers' per-sigma `_sigma_to_t`.
     """
+    if isinstance(sigma, torch.Tensor):
+        logs = torch.as_tensor(log_sigmas)
+        log_sigma = torch.log(torch.clamp(sigma.reshape(-1), min=1e-10))
+        dists = log_sigma[None, :] - logs[:, None]
+        low = torch.cumsum((dists >= 0).long(), dim=0).argmax(dim=0).clamp(max=logs.shape[0] - 2)
+        high = low + 1
+        w = ((logs[low] - log_sigma) / (logs[low] - logs[high])).clamp(0, 1)
+        return ((1 - w) * low + w * high).reshape(sigma.shape)
     sigma = np.asarray(sigma)
     log_sigmas = np.asarray(log_sigmas)
     flat = sigma.reshape(-1)

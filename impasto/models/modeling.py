@@ -105,6 +105,13 @@ class ModelMixin(nn.Module, ConfigMixin):
         return model.eval()
 
     @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path, config=None, **kwargs):
+        """Load this model's part of an original-layout (CompVis / Stability) checkpoint, offline."""
+        from ..loading.single_file import model_from_single_file
+
+        return model_from_single_file(cls, pretrained_model_link_or_path, config=config, **kwargs)
+
+    @classmethod
     def from_config_and_state(cls, config: dict, state: dict, source="state dict", dtype=None, strict=True,
                               **config_overrides):
         """Build on the meta device and assign the tensors of `state` (the shared core of every loader)."""

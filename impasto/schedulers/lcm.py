@@ -33,6 +33,7 @@ class LCMScheduler(AlphaScheduler):
     """
 
     order = 1
+    _compatibles: list[str] = []  # as in diffusers: LCM is not one of the Karras-swappable schedulers
 
     @register_to_config
     def __init__(

@@ -183,9 +183,6 @@ def causal_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, dt
     n = input_ids.shape[-1]
     allowed = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()[None, None]
     if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} like input_ids, "
-                             f"got {tuple(attention_mask.shape)}")
         allowed = allowed & attention_mask.to(device=input_ids.device, dtype=torch.bool)[:, None, None, :]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)
@@ -213,6 +210,9 @@ class CLIPTextTransformer(nn.Module):
             raise ValueError(f"input_ids: {ids.shape[-1]} tokens, but the model has only {limit} positions "
                              "(tokenize with truncation=True, or use long-prompt chunking)")
         if attention_mask is not None:
+            if attention_mask.numel() != ids.numel():
+                raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} like input_ids, "
+                                 f"got {tuple(attention_mask.shape)}")
             attention_mask = attention_mask.reshape(ids.shape)
         x = self.embeddings(ids, position_ids)
         x, hidden = self.encoder(x, causal_mask(ids, attention_mask, x.dtype), output_hidden_states)

@@ -90,6 +90,23 @@ def test_slicing_equals_unsliced(tmp_path):
     assert max_diff(dec, ours.decode(z).sample) <= 1e-5
     ours.disable_slicing()
     assert not ours.use_slicing
+    ours.fuse_qkv_projections()
+    assert max_diff(dec, ours.decode(z).sample) <= 1e-5
+    ours.unfuse_qkv_projections()
+
+
+@torch.no_grad()
+def test_bfloat16_load_matches_diffusers(tmp_path):
+    import diffusers
+
+    folder = save(make_diffusers("AutoencoderKL", KL_CONFIGS["sd_like"]), tmp_path)
+    ref = diffusers.AutoencoderKL.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    ours = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    assert ours.dtype == torch.bfloat16 and ours.encoder.conv_in.weight.dtype == torch.bfloat16
+    z = torch.randn(1, 4, 8, 8, dtype=torch.bfloat16)
+    a, b = ref.decode(z).sample, ours.decode(z).sample
+    assert b.dtype == torch.bfloat16
+    assert max_diff(a, b) <= 2e-2 * max(1.0, a.abs().max().item())
 
 
 @torch.no_grad()

@@ -7,39 +7,14 @@ tiled encode/decode, and the rename of old attention weight names.
 """
 from __future__ import annotations
 
-import logging
 import re
 
 import torch
 from torch import nn
 
+from ..core.noise import randn_tensor
 from .attention import Attention
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
-
-logger = logging.getLogger("impasto")
-
-
-def randn_tensor(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
-    """Gaussian noise drawn as diffusers' `randn_tensor` draws it: on the generator's device when that is the
-    CPU (then moved), one draw per batch row for a list of generators, so equal seeds give equal numbers."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    gens = generator if isinstance(generator, (list, tuple)) else None
-    if gens is not None and len(gens) == 1:
-        generator, gens = gens[0], None
-    first = gens[0] if gens is not None else generator
-    rand_device = device
-    if first is not None:
-        if first.device.type == "cpu":
-            rand_device = torch.device("cpu")
-        elif first.device.type != device.type:
-            raise ValueError(f"generator: a {first.device.type} generator cannot make a {device} tensor")
-    if gens is not None:
-        if len(gens) != shape[0]:
-            raise ValueError(f"generator: got {len(gens)} generators for a batch of {shape[0]}")
-        rows = [torch.randn((1, *shape[1:]), generator=g, device=rand_device, dtype=dtype) for g in gens]
-        return torch.cat(rows).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
-
 
 def vae_attention(channels: int, head_dim: int, groups: int | None, eps: float, rescale: float = 1.0) -> Attention:
     """The spatial self-attention of the VAE / UNet2DModel blocks (group norm inside, residual added)."""

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from impasto.models.autoencoder_kl import AutoencoderKL
-from tests.vae_utils import KL_CONFIGS, make_diffusers, max_diff, save
+from tests.vae_utils import KL_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module", params=sorted(KL_CONFIGS))
 def pair(request, tmp_path_factory):
-    torch.set_num_threads(1)
     ref = make_diffusers("AutoencoderKL", KL_CONFIGS[request.param], seed=1)
     folder = save(ref, tmp_path_factory.mktemp(request.param))
     return request.param, ref, AutoencoderKL.from_pretrained(folder), folder

@@ -5,14 +5,13 @@ import pytest
 import torch
 
 from impasto.models.vq_model import VQModel
-from tests.vae_utils import VQ_CONFIGS, make_diffusers, max_diff, save
+from tests.vae_utils import VQ_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module", params=sorted(VQ_CONFIGS))
 def pair(request, tmp_path_factory):
-    torch.set_num_threads(1)
     ref = make_diffusers("VQModel", VQ_CONFIGS[request.param], seed=2)
     folder = save(ref, tmp_path_factory.mktemp(request.param))
     return request.param, ref, VQModel.from_pretrained(folder)

@@ -258,24 +258,26 @@ def tiled_map(x: torch.Tensor, fn, tile: int, out_tile: int, overlap: float) -> 
 
     Tiles start every `tile * (1 - overlap)` pixels; each output tile is blended linearly with its already
     stitched upper and left neighbours over `out_tile * overlap` rows/columns, then cropped to the stride.
+    Only the previous row of full output tiles is kept, so memory grows with one row, not the whole grid.
     """
     stride = int(tile * (1 - overlap))
     blend = int(out_tile * overlap)
     keep = out_tile - blend
-    if stride <= 0:
+    if stride <= 0 or keep <= 0:
         raise ValueError(f"tile_overlap_factor: leaves no stride for tiles of {tile} (got {overlap})")
-    rows = []
+    stitched, above = [], []
     for i in range(0, x.shape[2], stride):
         row = []
         for j in range(0, x.shape[3], stride):
             out = fn(x[:, :, i:i + tile, j:j + tile])
-            if rows:
-                _blend(rows[-1][len(row)], out, blend, dim=2)
+            if above:
+                _blend(above[len(row)], out, blend, dim=2)
             if row:
                 _blend(row[-1], out, blend, dim=3)
             row.append(out)
-        rows.append(row)
-    return torch.cat([torch.cat([t[:, :, :keep, :keep] for t in row], dim=3) for row in rows], dim=2)
+        stitched.append(torch.cat([t[:, :, :keep, :keep] for t in row], dim=3))
+        above = row
+    return torch.cat(stitched, dim=2)
 
 
 def _blend(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> None:

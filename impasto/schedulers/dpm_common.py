@@ -43,7 +43,7 @@ class SolverSchedulerBase(SchedulerMixin):
 
     # ---- schedule helpers ---------------------------------------------------------------------------------
     def _train_sigmas(self) -> np.ndarray:
-        return np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)
+        return (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
 
     def _ladder(self, kind: str, in_sigmas: np.ndarray, n: int) -> np.ndarray:
         # sigma_min / sigma_max may come from a swapped-in config (diffusers reads them the same way)

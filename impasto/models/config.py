@@ -118,8 +118,11 @@ class ConfigMixin:
             raise TypeError(f"config: expected a dict (such as `other.config`), got {type(config).__name__}")
         init, unused = cls.extract_init_dict(dict(config), **kwargs)
         obj = cls(**init)
-        # keep keys meant for compatible classes, so a round trip through this class loses nothing
-        hidden = {k: v for k, v in config.items() if k not in init and not k.startswith("_") and k not in kwargs}
+        # keep keys meant for compatible classes, so a round trip through this class loses nothing; keys this
+        # class takes but that were left out (listed in `_use_default_values`) keep this class's own default
+        own = set(cls.init_keys())
+        hidden = {k: v for k, v in config.items()
+                  if k not in init and k not in own and not k.startswith("_") and k not in kwargs}
         if hidden:
             obj.register_to_config(**hidden)
         if return_unused_kwargs:

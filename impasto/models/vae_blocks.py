@@ -234,6 +234,7 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.n_e, self.vq_embed_dim, self.beta, self.legacy = n_e, vq_embed_dim, beta, legacy
         self.embedding = nn.Embedding(n_e, vq_embed_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)  # the training init (no-op on meta)
 
     def forward(self, z: torch.Tensor):
         z = z.permute(0, 2, 3, 1).contiguous()

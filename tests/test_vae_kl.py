@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from impasto.models.autoencoder_kl import AutoencoderKL
-from tests.vae_utils import KL_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
+from vae_utils import KL_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
 
 TOL = 1e-4
 

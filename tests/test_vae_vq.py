@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from impasto.models.vq_model import VQModel
-from tests.vae_utils import VQ_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
+from vae_utils import VQ_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
 
 TOL = 1e-4
 

@@ -182,3 +182,16 @@ def test_copy_gives_independent_runs():
         xa = a.step(fake_model(xa, t), t, xa).prev_sample
         xb = b.step(fake_model(xb, t), t, xb).prev_sample
     assert torch.equal(xa, reference) and torch.equal(xb, reference)
+
+
+def test_convert_model_output_call_styles():
+    ours, theirs = pair(prediction_type="v_prediction")
+    for sched in (ours, theirs):
+        sched.set_timesteps(5)
+        sched._step_index = 2
+    out, x = torch.randn(SHAPE), torch.randn(SHAPE)
+    expected = theirs.convert_model_output(out, sample=x)
+    torch.testing.assert_close(ours.convert_model_output(out, sample=x), expected)
+    torch.testing.assert_close(ours.convert_model_output(out, ours.timesteps[2], x), expected)
+    with pytest.raises(ValueError, match="sample"):
+        ours.convert_model_output(out)

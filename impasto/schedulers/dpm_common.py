@@ -114,6 +114,15 @@ class SolverSchedulerBase(SchedulerMixin):
         return eps
 
     @staticmethod
+    def _sample_argument(args: tuple, sample):
+        """diffusers' old call style convert_model_output(model_output, timestep, sample) is still accepted."""
+        if sample is not None:
+            return sample
+        if len(args) > 1:
+            return args[1]
+        raise ValueError("sample: convert_model_output needs the current sample (sample=...)")
+
+    @staticmethod
     def _noise(shape, generator, device, dtype) -> torch.Tensor:
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 

@@ -134,10 +134,7 @@ class DPMSolverMultistepScheduler(SolverSchedulerBase):
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
                              **kwargs) -> torch.Tensor:
         """The quantity the solver integrates: x0 for the '++' algorithms, eps for the others."""
-        if sample is None:
-            if not args:
-                raise ValueError("sample: convert_model_output needs the current sample")
-            sample = args[-1]
+        sample = self._sample_argument(args, sample)
         if dpm.uses_data_prediction(self.config.algorithm_type):
             return self._x0_prediction(model_output, sample)
         return self._eps_prediction(model_output, sample)

@@ -153,10 +153,7 @@ class UniPCMultistepScheduler(SolverSchedulerBase):
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
                              **kwargs) -> torch.Tensor:
         """x0 when predict_x0 (the default), else eps."""
-        if sample is None:
-            if not args:
-                raise ValueError("sample: convert_model_output needs the current sample")
-            sample = args[-1]
+        sample = self._sample_argument(args, sample)
         if self.predict_x0:
             return self._x0_prediction(model_output, sample)
         alpha, sigma = self._alpha_sigma(self.sigmas[self.step_index])

@@ -63,7 +63,8 @@ def test_upsample(kw):
     if not kw.get("use_conv_transpose"):
         assert max_diff(ref(x, output_size=(11, 12)), mine(x, output_size=(11, 12))) <= 1e-5
         xb = x.bfloat16()
-        assert mine.to(torch.bfloat16)(xb).dtype == torch.bfloat16
+        up = ours.Upsample2D(8, use_conv=False)(xb)  # nearest in bfloat16 is exact: equal to the float32 result
+        assert up.dtype == torch.bfloat16 and torch.equal(up.float(), ours.Upsample2D(8)(xb.float()))
 
 
 @pytest.mark.parametrize("kw", [dict(temb_channels=12, attention_head_dim=4, resnet_groups=4, num_layers=2),

@@ -83,16 +83,14 @@ class Upsample2D(nn.Module):
         conv = self.conv if self.name == "conv" else self.Conv2d_0
         if self.use_conv_transpose:
             return conv(hidden_states)
-        if self.interpolate:
-            dtype = hidden_states.dtype
-            x = hidden_states.float() if dtype == torch.bfloat16 else hidden_states
+        if self.interpolate:  # nearest copies values, so bfloat16 needs no float32 detour (torch >= 2.1)
+            x = hidden_states
             if x.shape[0] >= 64 or x.numel() * 4 > 2**31:  # large nearest-upsample kernels need contiguous input
                 x = x.contiguous()
             if output_size is None:
-                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                hidden_states = F.interpolate(x, scale_factor=2.0, mode="nearest")
             else:
-                x = F.interpolate(x, size=output_size, mode="nearest")
-            hidden_states = x.to(dtype)
+                hidden_states = F.interpolate(x, size=output_size, mode="nearest")
         if self.use_conv:
             hidden_states = conv(hidden_states)
         return hidden_states

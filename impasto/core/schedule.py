@@ -181,21 +181,29 @@ def beta_cdf(x: float, a: float, b: float) -> float:
 
 
 def beta_ppf(q: float, a: float, b: float) -> float:
-    """Inverse of `beta_cdf` (the quantile of Beta(a, b)), by bisection to float64 resolution."""
+    """Inverse of `beta_cdf` (the quantile of Beta(a, b)): Newton steps kept inside a shrinking bracket,
+    falling back to bisection, to float64 resolution."""
     if q <= 0.0:
         return 0.0
     if q >= 1.0:
         return 1.0
-    lo, hi = 0.0, 1.0
+    lo, hi, x = 0.0, 1.0, 0.5
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
     for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if beta_cdf(mid, a, b) < q:
-            lo = mid
+        f = beta_cdf(x, a, b) - q
+        if f == 0.0:
+            return x
+        if f < 0:
+            lo = x
         else:
-            hi = mid
-    return 0.5 * (lo + hi)
+            hi = x
+        pdf = math.exp(log_norm + (a - 1) * math.log(x) + (b - 1) * math.log1p(-x))
+        step = x - f / pdf if pdf > 0 else -1.0
+        x_new = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(x_new - x) <= 1e-16 * max(x, 1e-300) or x_new in (lo, hi):
+            return x_new
+        x = x_new
+    return x
 
 
 def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:

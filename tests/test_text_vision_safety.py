@@ -98,3 +98,19 @@ def test_special_care_adjustment_rounding():
     concept[:, 4] = [0.4955, 0.4955, 0.4949]  # rounds to 0.0 (not flagged) without the 0.01 adjustment
     special = np.array([[0.2, 0.2, 0.2], [0.5006, 0.2, 0.2], [0.5004, 0.2, 0.2]], np.float32)  # 0.001 / 0.0
     assert concept_flags(special, concept, special_thr, concept_thr) == [False, True, False]
+
+
+def test_towers_load_from_a_full_clip_model_folder(tmp_path, caplog):
+    ref = seeded(transformers.CLIPModel(tiny_clip_config()), 4)
+    ref.save_pretrained(tmp_path / "clip")
+    text = impasto.CLIPTextModelWithProjection.from_pretrained(tmp_path / "clip")
+    vision = impasto.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip")
+    assert text.config.projection_dim == vision.config.projection_dim == 16 and text.config.vocab_size == 1000
+    ids = torch.randint(3, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want_text = ref.text_projection(ref.text_model(ids).pooler_output)
+        want_image = ref.visual_projection(ref.vision_model(pixels).pooler_output)
+        assert (text(ids).text_embeds - want_text).abs().max() < 1e-5
+        assert (vision(pixels).image_embeds - want_image).abs().max() < 1e-5
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

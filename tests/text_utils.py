@@ -62,7 +62,7 @@ def tiny_clip_config(layers: int = 2):
     vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=layers, num_attention_heads=4,
                   image_size=32, patch_size=8, projection_dim=16, hidden_act="quick_gelu")
     text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=1000, max_position_embeddings=77)
+                vocab_size=1000, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
 
 

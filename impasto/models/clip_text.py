@@ -128,6 +128,7 @@ class TransformersFormatMixin(ModelMixin):
     config_section: str | None = None
     weight_prefix = ""
     dropped_weights: tuple[str, ...] = ()  # buffers old checkpoints carry that are recomputed here
+    other_tower: tuple[str, ...] = ()  # weight prefixes of a full CLIPModel file that belong to the other tower
 
     @classmethod
     def from_config(cls, config: dict | None = None, return_unused_kwargs: bool = False, **kwargs):
@@ -136,9 +137,8 @@ class TransformersFormatMixin(ModelMixin):
         if section and isinstance(config.get(section), dict):
             sub = dict(config[section])
             sub.update(config.get(f"{section}_dict") or {})  # very old CLIPConfig files
-            for key in ("projection_dim",):
-                if key not in sub and key in config:
-                    sub[key] = config[key]
+            if "projection_dim" in config:  # a full CLIPModel projects both towers to its own projection_dim
+                sub["projection_dim"] = config["projection_dim"]
             config = sub
         unknown = sorted(k for k in config if k not in set(cls.init_keys()) | IGNORED_CONFIG_KEYS
                          and not k.startswith("_"))
@@ -158,6 +158,11 @@ class TransformersFormatMixin(ModelMixin):
 
     def convert_state_dict(self, state: dict) -> dict:
         state = {k: v for k, v in state.items() if k not in self.dropped_weights}
+        other = [k for k in state if k.startswith(self.other_tower)] if self.other_tower else []
+        if other:
+            logger.info("%s: skipping %d weights of the other CLIP tower (%s ...)", type(self).__name__,
+                        len(other), other[0])
+            state = {k: v for k, v in state.items() if k not in set(other)}
         own = set(self.state_dict(keep_vars=True))
         prefix = self.weight_prefix
         if prefix and not any(k.startswith(prefix) for k in state):
@@ -245,6 +250,7 @@ class CLIPTextModel(TransformersFormatMixin):
     config_section = "text_config"
     weight_prefix = "text_model."
     dropped_weights = ("text_model.embeddings.position_ids", "embeddings.position_ids")
+    other_tower = ("vision_model.", "visual_projection.", "logit_scale", "text_projection.")
 
     @register_to_config
     def __init__(self, vocab_size: int = 49408, hidden_size: int = 512, intermediate_size: int = 2048,
@@ -298,7 +304,7 @@ class CLIPTextModel(TransformersFormatMixin):
 class CLIPTextModelWithProjection(CLIPTextModel):
     """The text tower plus `text_projection` (SDXL `text_encoder_2`): `out[0]` is `text_embeds`."""
 
-    dropped_weights = CLIPTextModel.dropped_weights
+    other_tower = ("vision_model.", "visual_projection.", "logit_scale")
 
     @register_to_config
     def __init__(self, vocab_size: int = 49408, hidden_size: int = 512, intermediate_size: int = 2048,

@@ -88,6 +88,7 @@ class CLIPVisionModelWithProjection(TransformersFormatMixin):
     config_section = "vision_config"
     weight_prefix = "vision_model."
     dropped_weights = ("vision_model.embeddings.position_ids", "embeddings.position_ids")
+    other_tower = ("text_model.", "text_projection.", "logit_scale")
     main_input_name = "pixel_values"
 
     @register_to_config

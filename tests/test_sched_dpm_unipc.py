@@ -62,6 +62,8 @@ def test_solver_p():
     ours = UniPCMultistepScheduler(solver_p=DPMSolverMultistepScheduler())
     theirs = diffusers.UniPCMultistepScheduler(solver_p=diffusers.DPMSolverMultistepScheduler())
     compare(ours, theirs, 8)
+    twin = ours.copy()
+    assert twin.solver_p is not ours.solver_p and twin.solver_p.config == ours.solver_p.config
 
 
 def test_bh1_final_zero_is_finite_where_diffusers_gives_nan():

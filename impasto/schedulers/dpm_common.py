@@ -4,7 +4,6 @@ model-output conversion, noise drawing, `add_noise` and diffusers' step-index ru
 """
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import torch
@@ -13,8 +12,6 @@ from ..core import dpm_solver as dpm
 from ..core import schedule
 from ..core.noise import randn_tensor
 from .base import SchedulerMixin
-
-logger = logging.getLogger("impasto")
 
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 

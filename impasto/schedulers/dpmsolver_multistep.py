@@ -2,7 +2,6 @@
 step semantics (same timesteps, sigmas and, for a given generator, same samples)."""
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
@@ -13,8 +12,6 @@ from ..core import schedule
 from ..models.config import register_to_config
 from .base import SchedulerOutput
 from .dpm_common import SolverSchedulerBase
-
-logger = logging.getLogger("impasto")
 
 
 class DPMSolverMultistepScheduler(SolverSchedulerBase):

@@ -77,6 +77,15 @@ class UniPCMultistepScheduler(SolverSchedulerBase):
         self.solver_p = solver_p
         self._reset_run(solver_order)
 
+    def copy(self):
+        """An independent scheduler with the same config; a `solver_p` predictor is copied too (it holds run state)."""
+        fresh = super().copy()
+        if self.solver_p is not None and hasattr(self.solver_p, "copy"):
+            fresh.solver_p = self.solver_p.copy()
+        return fresh
+
+    fresh = copy
+
     def _reset_run(self, solver_order: int) -> None:
         super()._reset_run(solver_order)
         self.timestep_list = [None] * solver_order

@@ -41,7 +41,8 @@ def encode_text(text_encoder, ids: torch.Tensor, device, clip_skip: int | None =
     if not 0 <= clip_skip < len(hidden) - 1:
         raise ValueError(f"clip_skip: expected 0..{len(hidden) - 2} for a text encoder of {len(hidden) - 1} layers, "
                          f"got {clip_skip}")
-    return text_encoder.text_model.final_layer_norm(hidden[-(clip_skip + 1)])
+    tower = getattr(text_encoder, "text_model", text_encoder)  # transformers 5 flattened CLIPTextModel
+    return tower.final_layer_norm(hidden[-(clip_skip + 1)])
 
 
 def _mask(text_encoder, tokens):

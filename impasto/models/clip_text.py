@@ -271,20 +271,26 @@ class CLIPTextModel(TransformersFormatMixin):
         self.text_model.embeddings.token_embedding = value
         self.register_to_config(vocab_size=value.num_embeddings)
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, **kwargs) -> nn.Embedding:
-        """Grow (or shrink) the token table; new rows start at the mean of the existing ones."""
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow (or shrink) the token table; new rows start at the mean of the existing rows (or, with
+        mean_resizing=False, at N(0, 0.02) like a fresh embedding)."""
         old = self.get_input_embeddings()
         if new_num_tokens is None:
             return old
         if not isinstance(new_num_tokens, int) or new_num_tokens < 1:
             raise ValueError(f"new_num_tokens: expected a positive int, got {new_num_tokens!r}")
+        if pad_to_multiple_of:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         w = old.weight
         new = nn.Embedding(new_num_tokens, w.shape[1], device=w.device, dtype=w.dtype)
         keep = min(new_num_tokens, w.shape[0])
         with torch.no_grad():
             new.weight[:keep] = w[:keep]
-            if new_num_tokens > keep:
+            if new_num_tokens > keep and mean_resizing:
                 new.weight[keep:] = w.float().mean(0).to(w.dtype)
+            elif new_num_tokens > keep:
+                new.weight[keep:].normal_(0.0, 0.02)
         self.set_input_embeddings(new)
         return new
 

@@ -29,6 +29,11 @@ VENDORED_MERGES = Path(__file__).resolve().parent.parent / "data" / "bpe_simple_
 SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# tokenizer settings that describe transformers' classes or files, not CLIP's fixed pipeline
+DESCRIPTIVE_KEYS = frozenset({"errors", "do_lower_case", "add_prefix_space", "clean_up_tokenization_spaces",
+                              "name_or_path", "tokenizer_class", "special_tokens_map_file", "tokenizer_file",
+                              "backend", "is_local", "local_files_only", "model_input_names", "padding_side",
+                              "truncation_side", "processor_class", "extra_special_tokens"})
 
 
 def byte_symbols() -> list[str]:
@@ -139,7 +144,7 @@ class CLIPTokenizer:
 
     def __init__(self, vocab_file=None, merges_file=None, *, vocab: dict | str | None = None, merges=None,
                  model_max_length: int = 77, bos_token: str = BOS, eos_token: str = EOS, pad_token: str = EOS,
-                 unk_token: str = EOS, added_tokens: list | None = None, **kwargs):
+                 unk_token: str = EOS, **kwargs):
         vocab = vocab if vocab is not None else vocab_file
         merges = merges if merges is not None else merges_file
         if vocab is None and merges is None:
@@ -154,7 +159,9 @@ class CLIPTokenizer:
         if not isinstance(model_max_length, int) or model_max_length < 2:
             raise ValueError(f"model_max_length: expected an int >= 2, got {model_max_length!r}")
         self.model_max_length = model_max_length
-        self.init_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}
+        unknown = sorted(set(kwargs) - DESCRIPTIVE_KEYS)
+        if unknown:
+            logger.info("CLIPTokenizer: ignoring settings %s", ", ".join(unknown))
         self._vocab = dict(vocab)
         self._merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
         self._special = {"bos_token": _content(bos_token), "eos_token": _content(eos_token),
@@ -163,8 +170,7 @@ class CLIPTokenizer:
             if token is not None and token not in vocab:
                 raise ValueError(f"{key}: {token!r} is not in the vocabulary")
         self._tokenizer = self._build_backend()
-        for token in added_tokens or []:
-            self._tokenizer.add_tokens([token])
+        self._warned_long = False
 
     def _build_backend(self) -> Tokenizer:
         tok = Tokenizer(BPE(vocab=self._vocab, merges=self._merges, unk_token=self._special["unk_token"],
@@ -213,11 +219,10 @@ class CLIPTokenizer:
             logger.info("%s: no usable model_max_length in tokenizer_config.json; using CLIP's 77", config_file)
 
         vocab_file, merges_file, json_file = find("vocab.json"), find("merges.txt"), find("tokenizer.json")
-        added: dict[int, dict] = {}
+        data = _read_json(json_file) if json_file is not None else {}
         if vocab_file is not None and merges_file is not None:
             vocab, merges = _read_json(vocab_file), _read_merges(merges_file)
         elif json_file is not None:
-            data = _read_json(json_file)
             model = data.get("model") or {}
             if model.get("type") != "BPE" or "vocab" not in model or "merges" not in model:
                 raise ValueError(f"{json_file}: expected a BPE model with vocab and merges")
@@ -226,9 +231,7 @@ class CLIPTokenizer:
             where = f"{pretrained_model_name_or_path}/{subfolder}" if subfolder else str(pretrained_model_name_or_path)
             raise FileNotFoundError(f"{where}: no tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
         # tokens added after training (textual inversion), in the places transformers keeps them
-        if json_file is not None:
-            for item in _read_json(json_file).get("added_tokens") or []:
-                added[int(item["id"])] = item
+        added = {int(item["id"]): item for item in data.get("added_tokens") or []}
         for token_id, item in (config.get("added_tokens_decoder") or {}).items():
             added.setdefault(int(token_id), {"content": _content(item), **(item if isinstance(item, dict) else {})})
         added_file = find("added_tokens.json")
@@ -325,7 +328,10 @@ class CLIPTokenizer:
             raise ValueError(f"tokens: not added tokens of this tokenizer: {sorted(unknown)}")
         self._tokenizer = self._build_backend()
         for t in keep:
-            self._tokenizer.add_tokens([t]) if not t.special else self._tokenizer.add_special_tokens([t])
+            if t.special:
+                self._tokenizer.add_special_tokens([t])
+            else:
+                self._tokenizer.add_tokens([t])
 
     def convert_tokens_to_ids(self, tokens):
         if isinstance(tokens, str):
@@ -403,9 +409,11 @@ class CLIPTokenizer:
                                    "were dropped: %r", i, len(ids) + extra, cut_to, dropped,
                                    self.decode(ids[len(ids) - dropped:]))
                 ids = ids[:cut_to - extra]
-            elif cut_to is None and verbose and len(ids) + extra > self.model_max_length:
+            elif cut_to is None and verbose and len(ids) + extra > self.model_max_length and not self._warned_long:
+                self._warned_long = True
                 logger.warning("CLIPTokenizer: text %d has %d tokens, more than model_max_length %d; the text "
-                               "encoder cannot take it whole", i, len(ids) + extra, self.model_max_length)
+                               "encoder cannot take it whole (said once per tokenizer)", i, len(ids) + extra,
+                               self.model_max_length)
             sequences.append([self.bos_token_id, *ids, self.eos_token_id] if add_special_tokens else ids)
         return finish_batch(sequences, single, pad_to, self.pad_token_id, pad_to_multiple_of, return_tensors,
                             return_attention_mask is not False)

@@ -64,6 +64,9 @@ class PNDMScheduler(AlphaScheduler):
             self.prk_timesteps = np.array([])
             self.plms_timesteps = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].copy()
         else:
+            if num_inference_steps < self.pndm_order:
+                raise ValueError(f"PNDMScheduler: num_inference_steps={num_inference_steps} must be at least "
+                                 f"{self.pndm_order} for the Runge-Kutta warm-up (or set skip_prk_steps=True)")
             half = c.num_train_timesteps // num_inference_steps // 2
             prk = np.array(base[-self.pndm_order:]).repeat(2) + np.tile(np.array([0, half]), self.pndm_order)
             self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1].copy()

@@ -195,3 +195,24 @@ def test_convert_model_output_call_styles():
     torch.testing.assert_close(ours.convert_model_output(out, ours.timesteps[2], x), expected)
     with pytest.raises(ValueError, match="sample"):
         ours.convert_model_output(out)
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_repeated_final_sigma_is_a_no_op(solver_type):
+    # Karras ladders end at sigma_min, and final_sigmas_type='sigma_min' repeats it: the last step has h = 0.
+    # diffusers' third-order/heun coefficients are 0/0 there (NaN); impasto returns the sample unchanged.
+    config = dict(use_karras_sigmas=True, final_sigmas_type="sigma_min", solver_order=3, solver_type=solver_type)
+    ours, theirs = pair(**config)
+    from sched_utils import fake_model
+
+    xs = []
+    for sched in (ours, theirs):
+        sched.set_timesteps(16)
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+        for t in sched.timesteps[:-1]:
+            x = sched.step(fake_model(x, t), t, x).prev_sample
+        xs.append(x)
+    torch.testing.assert_close(xs[0], xs[1], atol=1e-5, rtol=0)
+    t = ours.timesteps[-1]
+    assert ours.sigmas[-1] == ours.sigmas[-2]
+    assert torch.equal(ours.step(fake_model(xs[0], t), t, xs[0]).prev_sample, xs[0])

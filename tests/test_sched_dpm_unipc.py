@@ -105,3 +105,18 @@ def test_config_swap_and_errors():
         UniPCMultistepScheduler(shift_terminal=0.1)
     with pytest.raises(ValueError, match="mu"):
         UniPCMultistepScheduler(use_flow_sigmas=True, use_dynamic_shifting=True).set_timesteps(5)
+
+
+def test_repeated_final_sigma_is_a_no_op():
+    sched = UniPCMultistepScheduler(use_karras_sigmas=True, final_sigmas_type="sigma_min", solver_order=3,
+                                    lower_order_final=False)
+    sched.set_timesteps(8)
+    assert sched.sigmas[-1] == sched.sigmas[-2]
+    from sched_utils import fake_model
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for t in sched.timesteps:
+        before = x
+        x = sched.step(fake_model(x, t), t, x).prev_sample
+    assert torch.isfinite(x).all()
+    assert torch.equal(x, sched.last_sample) and not torch.equal(x, before)  # corrected, then not moved

@@ -78,7 +78,11 @@ def dpm_step(algorithm, x, ratio, h, alpha_t, sigma_t, d0, d1=None, d2=None, heu
     ratio: sigma_t / sigma_s for the data-prediction algorithms, alpha_t / alpha_s for the noise-prediction ones.
     heun selects the d1 coefficient of the "heun" solver_type (the "midpoint" one otherwise). d2 only
     exists for the ODE variants and sde-dpmsolver++. Noise is required by the SDE variants.
+    A zero-length step (h = 0: a repeated sigma, as a Karras ladder ending on final_sigmas_type='sigma_min'
+    gives) returns x, the exact answer, where the higher-order coefficients would be 0/0.
     """
+    if bool(h == 0):
+        return x
     if algorithm == "dpmsolver++":
         em1 = torch.exp(-h) - 1.0
         x_t = ratio * x - (alpha_t * em1) * d0
@@ -195,6 +199,8 @@ def unipc_update(x, ratio, scale_t, hh, m0, rks, diffs, variant, corrector_outpu
     offsets divided by h; diffs: (m_k - m0) / r_k for those points (newest first). The order is
     len(rks) + 1 for the predictor and len(rks) + 1 for the corrector too (which adds the new point).
     """
+    if corrector_output is None and bool(hh == 0):
+        return x  # zero-length step (repeated final sigma): exact, where the coefficients would be 0/0
     order = len(rks) + 1
     device = x.device
     h_phi_1, b_h, b = unipc_coefficients(hh, order, variant)

@@ -146,3 +146,30 @@ def test_bad_inputs_raise_value_errors(tmp_path):
     with pytest.raises(ValueError, match="hidden_act"):
         impasto.CLIPTextModel(hidden_size=32, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
                               hidden_act="swish2")
+
+
+def test_diffusers_encode_prompt_takes_impasto_components(tmp_path):
+    """diffusers' own StableDiffusionPipeline.encode_prompt, run on impasto's tokenizer + text encoder."""
+    from diffusers import StableDiffusionPipeline
+
+    from text_utils import write_vendored_tokenizer
+
+    ref, _ = _pair(tmp_path, 3, "quick_gelu", 49407, False, seed=9)
+    folder = write_vendored_tokenizer(tmp_path / "tok")
+    ref_tok = transformers.CLIPTokenizer.from_pretrained(folder)
+
+    def encode(text_encoder, tokenizer, clip_skip=None):
+        pipe = object.__new__(StableDiffusionPipeline)  # only encode_prompt's attributes are needed
+        pipe.__dict__.update(text_encoder=text_encoder, tokenizer=tokenizer)
+        with torch.no_grad():
+            return StableDiffusionPipeline.encode_prompt(pipe, ["a photo of a cat " * 20, "dog"], torch.device("cpu"),
+                                                         1, True, ["", "ugly"], clip_skip=clip_skip)
+
+    mine = impasto.CLIPTextModel.from_pretrained(tmp_path / "ref")
+    mine_tok = impasto.CLIPTokenizer.from_pretrained(folder)
+    for want, got in zip(encode(ref, ref_tok), encode(mine, mine_tok)):
+        assert want.shape == got.shape == (2, 77, 32) and (want - got).abs().max() < 1e-5
+    ids = ref_tok(["a photo of a cat " * 20, "dog"], padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():  # clip_skip=1: the second-to-last layer through final_layer_norm
+        want = ref.final_layer_norm(ref(ids.input_ids, output_hidden_states=True).hidden_states[-2])
+    assert (encode(mine, mine_tok, clip_skip=1)[0] - want).abs().max() < 1e-5

@@ -31,6 +31,9 @@ def prepare_latents(vae, scheduler, image: torch.Tensor, timestep, batch_size: i
         if isinstance(generator, list) and image.shape[0] < batch_size and batch_size % image.shape[0] == 0:
             image = torch.cat([image] * (batch_size // image.shape[0]), dim=0)
         init = encode(vae, image, generator) * vae.config.scaling_factor
+    if init.shape[0] > batch_size:
+        raise ValueError(f"image: got {init.shape[0]} images for an effective batch of {batch_size} "
+                         "(prompts x num_images_per_prompt); give one image, or one per prompt")
     if batch_size > init.shape[0]:
         if batch_size % init.shape[0] != 0:
             raise ValueError(f"image: cannot repeat {init.shape[0]} images to a batch of {batch_size} "

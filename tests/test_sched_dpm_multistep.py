@@ -216,3 +216,16 @@ def test_repeated_final_sigma_is_a_no_op(solver_type):
     t = ours.timesteps[-1]
     assert ours.sigmas[-1] == ours.sigmas[-2]
     assert torch.equal(ours.step(fake_model(xs[0], t), t, xs[0]).prev_sample, xs[0])
+
+
+@pytest.mark.parametrize(
+    "ours_cls,name,config",
+    [
+        (DPMSolverMultistepScheduler, "DPMSolverMultistepScheduler", dict(solver_order=3)),
+        (DPMSolverMultistepScheduler, "DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++")),
+        (UniPCMultistepScheduler, "UniPCMultistepScheduler", dict(solver_order=3)),
+    ],
+)
+def test_half_precision_matches(ours_cls, name, config):
+    # model outputs in float16: diffusers computes the update in float32 and casts back; so does impasto
+    compare(ours_cls(**config), getattr(diffusers, name)(**config), 10, dtype=torch.float16, atol=1e-3)

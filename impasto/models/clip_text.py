@@ -140,11 +140,11 @@ class TransformersFormatMixin(ModelMixin):
             if "projection_dim" in config:  # a full CLIPModel projects both towers to its own projection_dim
                 sub["projection_dim"] = config["projection_dim"]
             config = sub
-        unknown = sorted(k for k in config if k not in set(cls.init_keys()) | IGNORED_CONFIG_KEYS
-                         and not k.startswith("_"))
+        keys = set(cls.init_keys())
+        unknown = sorted(k for k in config if k not in keys | IGNORED_CONFIG_KEYS and not k.startswith("_"))
         if unknown:
             logger.info("%s: config keys not used: %s", cls.__name__, ", ".join(unknown))
-        config = {k: v for k, v in config.items() if k in set(cls.init_keys())}
+        config = {k: v for k, v in config.items() if k in keys}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def transformers_config(self) -> dict:
@@ -158,11 +158,11 @@ class TransformersFormatMixin(ModelMixin):
 
     def convert_state_dict(self, state: dict) -> dict:
         state = {k: v for k, v in state.items() if k not in self.dropped_weights}
-        other = [k for k in state if k.startswith(self.other_tower)] if self.other_tower else []
+        other = {k for k in state if k.startswith(self.other_tower)} if self.other_tower else set()
         if other:
             logger.info("%s: skipping %d weights of the other CLIP tower (%s ...)", type(self).__name__,
-                        len(other), other[0])
-            state = {k: v for k, v in state.items() if k not in set(other)}
+                        len(other), min(other))
+            state = {k: v for k, v in state.items() if k not in other}
         own = set(self.state_dict(keep_vars=True))
         prefix = self.weight_prefix
         if prefix and not any(k.startswith(prefix) for k in state):

@@ -122,3 +122,16 @@ def test_bad_arguments_raise_value_errors():
         tok("a", max_length=0, truncation=True)
     with pytest.raises(FileNotFoundError):
         impasto.CLIPTokenizer.from_pretrained("/nonexistent/folder")
+
+
+def test_added_tokens_from_older_folders(tmp_path):
+    """transformers 4 wrote textual-inversion tokens to added_tokens.json / added_tokens_decoder."""
+    folder = write_vendored_tokenizer(tmp_path)
+    (folder / "added_tokens.json").write_text(json.dumps({"<emb_a>": 49408, "<emb_b>": 49409}))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {"49410": {"content": "<emb_c>", "special": False, "normalized": True,
+                                                "lstrip": False, "rstrip": False, "single_word": False}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = impasto.CLIPTokenizer.from_pretrained(folder)
+    assert len(tok) == 49411
+    assert tok("<emb_a> <emb_b><emb_c> cat").input_ids == [49406, 49408, 49409, 49410, 2368, 49407]

@@ -75,6 +75,7 @@ class UNet2DModel(ModelMixin, UNetAttentionMixin):
                       resnet_groups=norm_num_groups, resnet_time_scale_shift=resnet_time_scale_shift)
         head_dim = lambda channels: attention_head_dim if attention_head_dim is not None else channels  # noqa: E731
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()  # registered before mid_block: diffusers' state-dict order
         for i, kind in enumerate(down_block_types):
             cout = block_out_channels[i]
             args = dict(in_channels=block_out_channels[max(i - 1, 0)], out_channels=cout, num_layers=layers_per_block,
@@ -90,7 +91,6 @@ class UNet2DModel(ModelMixin, UNetAttentionMixin):
             attn_groups=attn_norm_num_groups, add_attention=add_attention, **common)
 
         rev = block_out_channels[::-1]
-        self.up_blocks = nn.ModuleList()
         for i, kind in enumerate(up_block_types):
             args = dict(in_channels=rev[min(i + 1, n - 1)], prev_output_channel=rev[max(i - 1, 0)],
                         out_channels=rev[i], resolution_idx=i, num_layers=layers_per_block + 1,

@@ -11,6 +11,8 @@ from impasto.schedulers.names import A1111_SAMPLERS
 from sched_utils import SHAPE, compare, diffusers_lms, run_loop
 
 torch.set_num_threads(1)
+# diffusers' schedulers call numpy on tensors, which floods the log with numpy 2 deprecation notices
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 MINE = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
         "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",

@@ -7,6 +7,8 @@ import impasto
 from sched_utils import compare, diffusers_lms
 
 torch.set_num_threads(1)
+# diffusers' schedulers call numpy on tensors, which floods the log with numpy 2 deprecation notices
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SIGMA_LADDERS = [dict(use_karras_sigmas=True), dict(use_exponential_sigmas=True)]
 SPACINGS = [
@@ -131,3 +133,20 @@ def test_initial_state_matches():
         assert float(ours.init_noise_sigma) == pytest.approx(float(theirs.init_noise_sigma), rel=1e-6), name
         assert ours.order == theirs.order and len(ours) == len(theirs)
         torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod)
+
+
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_ddpm_learned_variance(variance_type):
+    """Models that predict their variance return 2x channels: eps and the variance (interpolation) values."""
+    ours, theirs = _pair("DDPMScheduler", dict(variance_type=variance_type))
+    results = []
+    for s in (ours, theirs):
+        s.set_timesteps(5)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(1)
+        for t in s.timesteps:
+            eps = torch.tanh(x)
+            var = torch.full_like(x, 0.3) if variance_type == "learned_range" else torch.full_like(x, 0.01)
+            x = s.step(torch.cat([eps, var], dim=1), t, x, generator=gen).prev_sample
+        results.append(x)
+    torch.testing.assert_close(results[0], results[1])

@@ -13,6 +13,8 @@ from impasto.core import schedule as S
 from sched_utils import compare
 
 torch.set_num_threads(1)
+# diffusers' schedulers call numpy on tensors, which floods the log with numpy 2 deprecation notices
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "exp", "laplace", "sigmoid"])

@@ -219,3 +219,51 @@ def save_folder(pipe, path) -> Path:
 def make_sd_folder(tmp_path, variant: str = "sd1", seed: int = 0, name: str | None = None) -> Path:
     """Build the tiny diffusers pipeline and save it under tmp_path/<name or variant>; returns that folder."""
     return save_folder(make_sd_pipeline(variant, seed), Path(tmp_path) / (name or variant))
+
+
+# ---- SDXL refiner and SDXL inpainting variants (added for the SDXL / inpainting tests) ----------------------
+def make_sdxl_refiner_components(seed: int = 0) -> dict:
+    """A tiny SDXL refiner: no first text encoder/tokenizer, one 32-wide projected tower, a text_time UNet whose
+    added embedding takes 5 time ids (aesthetic score) + the 32-dim pooled embedding."""
+    unet = _unet(seed, sample_size=16, use_linear_projection=True, attention_head_dim=(2, 4), layers_per_block=1,
+                 addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                 projection_class_embeddings_input_dim=72, cross_attention_dim=32)
+    return dict(
+        unet=unet,
+        vae=_vae(seed, scaling_factor=0.13025),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=_text_encoder(seed + 1, hidden=32, layers=3, act="gelu", projection=32),
+        tokenizer_2=make_tokenizer("!"),
+        scheduler=_sd_scheduler("euler", interpolation_type="linear", prediction_type="epsilon"),
+        image_encoder=None,
+        feature_extractor=None,
+    )
+
+
+def make_sdxl_refiner_pipeline(seed: int = 0):
+    """diffusers' StableDiffusionXLImg2ImgPipeline as the refiner (requires_aesthetics_score=True,
+    force_zeros_for_empty_prompt=False, as stabilityai/stable-diffusion-xl-refiner-1.0)."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(**make_sdxl_refiner_components(seed),
+                                                      requires_aesthetics_score=True,
+                                                      force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_sdxl_inpaint_pipeline(seed: int = 0, in_channels: int = 9):
+    """diffusers' StableDiffusionXLInpaintPipeline on the "sdxl" components, with a 9-channel (inpainting) or
+    4-channel (regular) UNet."""
+    import diffusers
+
+    comps = _sdxl_components(seed)
+    if in_channels != 4:
+        comps["unet"] = _unet(seed, sample_size=16, use_linear_projection=True, attention_head_dim=(2, 4),
+                              layers_per_block=1, addition_embed_type="text_time", addition_time_embed_dim=8,
+                              transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+                              cross_attention_dim=64, in_channels=in_channels)
+    pipe = diffusers.StableDiffusionXLInpaintPipeline(**comps)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

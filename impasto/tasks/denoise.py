@@ -49,11 +49,14 @@ def step_kwargs(scheduler, generator, eta: float) -> dict:
 def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_inference_steps: int, *,
             extra_step_kwargs: dict | None = None, timestep_cond: torch.Tensor | None = None,
             unet_kwargs: Callable[[dict], dict] | None = None, callback_on_step_end=None,
-            callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
+            callback_on_step_end_tensor_inputs=("latents",), model_input: Callable | None = None,
+            after_step: Callable | None = None) -> torch.Tensor:
     """Run the sampler over `timesteps`.
 
     `state` holds the tensors a callback may read or replace: "prompt_embeds" is the batched UNet context
     ([negative, positive] when guiding). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
+    `model_input(x, state)` may extend the scaled UNet input (inpainting UNets' mask channels);
+    `after_step(i, state)` may update `state` after each scheduler step, before the callback (inpainting's blend).
     """
     state = dict(state)
     state["latents"] = latents
@@ -66,6 +69,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
                 continue
             guided = pipe.do_classifier_free_guidance
             x = scheduler.scale_model_input(cfg_batch(state["latents"], guided), t)
+            if model_input is not None:
+                x = model_input(x, state)
             extra = unet_kwargs(state) if unet_kwargs is not None else {}
             pred = pipe.unet(x, t, encoder_hidden_states=state["prompt_embeds"], timestep_cond=timestep_cond,
                              cross_attention_kwargs=pipe.cross_attention_kwargs, return_dict=False, **extra)[0]
@@ -74,6 +79,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
                 if pipe.guidance_rescale > 0.0:
                     pred = rescale_noise_cfg(pred, cond, pipe.guidance_rescale)
             state["latents"] = scheduler.step(pred, t, state["latents"], **extra_step_kwargs, return_dict=False)[0]
+            if after_step is not None:
+                after_step(i, state)
             if callback_on_step_end is not None:
                 kwargs = {k: state[k] for k in callback_on_step_end_tensor_inputs}
                 returned = callback_on_step_end(pipe, i, t, kwargs) or {}

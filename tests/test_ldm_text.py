@@ -129,3 +129,22 @@ def test_tokenizer_bad_input(tmp_path):
         mine(["a", "a cat dog"], return_tensors="pt")
     with pytest.raises(FileNotFoundError):
         impasto.BertTokenizer.from_pretrained(tmp_path / "missing")
+
+
+def test_tokenizer_added_tokens_from_config(tmp_path):
+    import json
+
+    from transformers import BertTokenizer
+
+    folder = write_vocab(tmp_path)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    n = len(vocab_tokens())
+    entry = dict(lstrip=False, rstrip=False, single_word=False)
+    cfg["added_tokens_decoder"] = {str(n): dict(entry, content="squirrelburger", special=False, normalized=True),
+                                   str(n + 1): dict(entry, content="<extra>", special=True, normalized=False)}
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ref = BertTokenizer.from_pretrained(str(folder))
+    mine = impasto.BertTokenizer.from_pretrained(folder)
+    assert len(mine) == len(ref) == n + 2
+    for s in ["a squirrelburger <extra> cat", "SquirrelBurger<extra>x", "<EXTRA>"] + STRINGS[:60]:
+        assert mine(s).input_ids == ref(s).input_ids, s

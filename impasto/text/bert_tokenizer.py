@@ -151,8 +151,25 @@ class BertTokenizer:
             config["tokenizer_object"] = Tokenizer.from_file(str(tokenizer_json))
         config.pop("vocab_file", None)
         obj = cls(vocab_file=vocab_file, **config)
+        obj.add_declared_tokens(config.get("added_tokens_decoder") or {})
         obj.name_or_path = str(pretrained_model_name_or_path)
         return obj
+
+    def add_declared_tokens(self, entries: dict) -> None:
+        """Add the tokens of tokenizer_config.json's `added_tokens_decoder` that the vocabulary lacks, in id order."""
+        for index, entry in sorted(entries.items(), key=lambda kv: int(kv[0])):
+            entry = entry if isinstance(entry, dict) else {"content": str(entry)}
+            content = entry.get("content")
+            if not content or self._tok.token_to_id(content) is not None:
+                continue
+            special = bool(entry.get("special", False))
+            token = AddedToken(content, single_word=entry.get("single_word", False), lstrip=entry.get("lstrip", False),
+                               rstrip=entry.get("rstrip", False), normalized=entry.get("normalized", not special),
+                               special=special)
+            self._tok.add_special_tokens([token]) if special else self._tok.add_tokens([token])
+            if self._tok.token_to_id(content) != int(index):
+                logger.warning("added token %r got id %d, but tokenizer_config.json declares %s",
+                               content, self._tok.token_to_id(content), index)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> tuple[str, ...]:
         out = Path(save_directory)

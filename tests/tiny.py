@@ -33,13 +33,12 @@ VOCAB_SIZE = 49408
 
 
 def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte stand-ins in CLIP's order (printable bytes first), so ids equal the real CLIP vocabulary."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    out = {}
+    out = {b: chr(b) for b in keep}
+    extra = 0
     for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
+        if b not in keep:
             out[b] = chr(256 + extra)
             extra += 1
     return out

@@ -78,8 +78,9 @@ class SchedulerMixin(ConfigMixin):
         """Build from `scheduler_config.json` in a folder (or hub id), optionally inside `subfolder`;
         other keyword arguments override config values."""
         hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-        hub.pop("force_download", None)
-        hub.pop("proxies", None)
+        for key in ("force_download", "proxies"):
+            if hub.pop(key, None):
+                logger.warning("%s.from_pretrained: %s is not used (files come from the cache first)", cls.__name__, key)
         config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, **hub)
         return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 

@@ -166,7 +166,10 @@ class BertTokenizer:
             token = AddedToken(content, single_word=entry.get("single_word", False), lstrip=entry.get("lstrip", False),
                                rstrip=entry.get("rstrip", False), normalized=entry.get("normalized", not special),
                                special=special)
-            self._tok.add_special_tokens([token]) if special else self._tok.add_tokens([token])
+            if special:
+                self._tok.add_special_tokens([token])
+            else:
+                self._tok.add_tokens([token])
             if self._tok.token_to_id(content) != int(index):
                 logger.warning("added token %r got id %d, but tokenizer_config.json declares %s",
                                content, self._tok.token_to_id(content), index)

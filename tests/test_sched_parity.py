@@ -150,3 +150,28 @@ def test_ddpm_learned_variance(variance_type):
             x = s.step(torch.cat([eps, var], dim=1), t, x, generator=gen).prev_sample
         results.append(x)
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_few_steps():
+    for name in CASES:
+        kw = dict(skip_prk_steps=True) if name == "PNDMScheduler" else {}
+        ours, theirs = _pair(name, kw)
+        for n in (1, 2, 3):
+            compare(ours, theirs, n)
+    with pytest.raises(ValueError, match="skip_prk_steps"):
+        impasto.PNDMScheduler().set_timesteps(3)
+
+
+@pytest.mark.parametrize("name", ["EulerAncestralDiscreteScheduler", "DDPMScheduler"])
+def test_generator_per_sample(name):
+    """A list of generators seeds each sample of the batch on its own, as diffusers' randn_tensor does."""
+    ours, theirs = _pair(name, {})
+    results = []
+    for s in (ours, theirs):
+        s.set_timesteps(5)
+        x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * s.init_noise_sigma
+        gens = [torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]
+        for t in s.timesteps:
+            x = s.step(torch.tanh(s.scale_model_input(x, t)), t, x, generator=gens).prev_sample
+        results.append(x)
+    torch.testing.assert_close(results[0], results[1])

@@ -1,6 +1,10 @@
 """Shared pieces of the pipeline tests: tiny folders, the diffusers reference, impasto's pipeline, comparisons."""
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -94,3 +98,9 @@ class Pair:
             return [gen(seed + i) for i in range(n_generators)] if n_generators else gen(seed)
 
         return ref(**kwargs, generator=gens()), mine(**kwargs, generator=gens())
+
+
+@functools.lru_cache(maxsize=None)
+def shared_pair(variant: str) -> Pair:
+    """One Pair per variant for the whole test session (tests set the scheduler they need)."""
+    return Pair(Path(tempfile.mkdtemp(prefix="impasto-pipe-")), variant)

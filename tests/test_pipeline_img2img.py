@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from pipeline_utils import TOL, Pair, gen, max_diff
+from pipeline_utils import TOL, gen, max_diff, shared_pair
 
 torch.set_num_threads(1)
 PROMPT = "a red square on a blue circle"
@@ -14,7 +14,7 @@ PROMPT = "a red square on a blue circle"
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    return Pair(tmp_path_factory.mktemp("i2i"), "sd1")
+    return shared_pair("sd1")
 
 
 @pytest.fixture(scope="module")

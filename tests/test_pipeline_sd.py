@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tiny
-from pipeline_utils import SCHEDULERS, TOL, Pair, gen, max_diff
+from pipeline_utils import SCHEDULERS, TOL, Pair, gen, max_diff, shared_pair
 
 torch.set_num_threads(1)
 PROMPT = "a red square on a blue circle"
@@ -13,12 +13,12 @@ PROMPT = "a red square on a blue circle"
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):
-    return Pair(tmp_path_factory.mktemp("sd"), "sd1")
+    return shared_pair("sd1")
 
 
 @pytest.fixture(scope="module")
 def sd2(tmp_path_factory):
-    return Pair(tmp_path_factory.mktemp("sd"), "sd2")
+    return shared_pair("sd2")
 
 
 def test_loaded_components_are_impasto(sd1):

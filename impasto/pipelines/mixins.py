@@ -47,21 +47,22 @@ class MemoryMixin:
         self.set_attention_slice(None)
 
     def enable_xformers_memory_efficient_attention(self, attention_op=None):
-        if not xformers_usable(self._execution_device):
-            raise ValueError("xformers memory-efficient attention needs the xformers package and a CUDA device "
-                             f"(device is {self._execution_device}); PyTorch's SDPA is used otherwise")
-        self._set_xformers(True)
+        """Use xformers' attention kernels where usable (CUDA + xformers installed); PyTorch SDPA otherwise."""
+        self._set_xformers(True, attention_op)
 
     def disable_xformers_memory_efficient_attention(self):
         self._set_xformers(False)
 
-    def _set_xformers(self, on: bool):
+    def _set_xformers(self, on: bool, attention_op=None):
+        usable = xformers_usable(self._execution_device)
+        if on and not usable:
+            logger.info("xformers is not usable here (needs the package and a CUDA device); keeping PyTorch SDPA")
         for _, module in self._torch_modules():
-            method = getattr(module, "enable_xformers_memory_efficient_attention" if on
-                             else "disable_xformers_memory_efficient_attention", None)
-            if method is not None:
-                method()
-            else:
+            if on and hasattr(module, "enable_xformers_memory_efficient_attention"):
+                module.enable_xformers_memory_efficient_attention(attention_op)
+            elif not on and hasattr(module, "disable_xformers_memory_efficient_attention"):
+                module.disable_xformers_memory_efficient_attention()
+            elif usable or not on:
                 set_backend(module, AttentionBackend("xformers" if on else "sdpa"))
 
     # ---- VAE -----------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def library_tuple(module) -> tuple[str, str]:
 def resolve_model_path(path: str | os.PathLike) -> str | os.PathLike:
     """Map built-in short names ("impasto/shapes") to their folder; other paths/ids unchanged."""
     key = str(path)
-    if key in BUILTIN_MODELS and not Path(key).exists():
+    if key in BUILTIN_MODELS and not (Path(key) / "model_index.json").is_file():
         folder = BUILTIN_MODELS[key]
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"{key}: the built-in model is not installed (expected a diffusers folder at "

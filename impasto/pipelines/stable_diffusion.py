@@ -1,6 +1,7 @@
 """StableDiffusionPipeline (text-to-image) and the machinery it shares with the img2img pipeline."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable
 
@@ -9,6 +10,9 @@ import torch
 from ..conditioning import sd as cond
 from ..core.guidance import guidance_scale_embedding
 from ..image_processor import VaeImageProcessor
+from ..loading.lora import LoraLoaderMixin
+from ..loading.single_file import pipeline_from_single_file
+from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import txt2img
 from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
 from ..tasks.vae import decode
@@ -32,6 +36,7 @@ class StableDiffusionBase(DiffusionPipeline):
     _exclude_from_cpu_offload = ["safety_checker"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     safety_mode = "blackout"
+    from_single_file = classmethod(pipeline_from_single_file)
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
                  image_encoder=None, requires_safety_checker: bool = True):
@@ -80,9 +85,17 @@ class StableDiffusionBase(DiffusionPipeline):
             if negative_prompt is not None:
                 negative_prompt = convert(negative_prompt, self.tokenizer)
         fallback = self.unet.dtype if self.unet is not None else None
-        return cond.encode_prompt(self.text_encoder, self.tokenizer, prompt, device, num_images_per_prompt,
-                                  do_classifier_free_guidance, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                  clip_skip, long_prompt, fallback)
+        with self._lora_scope(lora_scale, ("text_encoder",)):
+            return cond.encode_prompt(self.text_encoder, self.tokenizer, prompt, device, num_images_per_prompt,
+                                      do_classifier_free_guidance, negative_prompt, prompt_embeds,
+                                      negative_prompt_embeds, clip_skip, long_prompt, fallback)
+
+    def _lora_scope(self, scale, components=("unet", "text_encoder", "text_encoder_2")):
+        """LoRA layers scaled by `scale` (cross_attention_kwargs={"scale": s}) while the block runs."""
+        scope = getattr(self, "lora_scale", None)
+        if scale is None or scope is None:
+            return contextlib.nullcontext()
+        return scope(scale, components)
 
     def _encode_for_call(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, n, device, long_prompt):
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
@@ -205,7 +218,7 @@ def _fix_scheduler_config(scheduler):
         scheduler._internal_dict = type(cfg)(new)
 
 
-class StableDiffusionPipeline(StableDiffusionBase):
+class StableDiffusionPipeline(StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
     """Text-to-image with Stable Diffusion 1.x / 2.x (diffusers' constructor and `__call__`).
 
     Beyond diffusers: `long_prompt="chunk"` encodes prompts longer than 77 tokens in 75-token chunks
@@ -234,6 +247,14 @@ class StableDiffusionPipeline(StableDiffusionBase):
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._start_call(guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            return self._run(prompt, height, width, num_inference_steps, timesteps, sigmas, negative_prompt,
+                             num_images_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
+                             output_type, return_dict, callback_on_step_end, tensor_inputs, long_prompt)
+
+    def _run(self, prompt, height, width, num_inference_steps, timesteps, sigmas, negative_prompt,
+             num_images_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+             return_dict, callback_on_step_end, tensor_inputs, long_prompt):
         device = self._execution_device
         batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
         state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,

@@ -7,6 +7,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..loading.lora import LoraLoaderMixin
+from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import img2img
 from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
 from .stable_diffusion import StableDiffusionBase
@@ -50,7 +52,7 @@ def _as_rgb(image):
     return image
 
 
-class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
+class StableDiffusionImg2ImgPipeline(StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
     """Image-to-image with Stable Diffusion 1.x / 2.x. `strength` in [0, 1] picks how much of the ladder runs:
     the last int(num_inference_steps * strength) steps (1.0 = from pure noise, image only sets the size)."""
 
@@ -78,6 +80,15 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            return self._run(prompt, image, strength, num_inference_steps, timesteps, sigmas, negative_prompt,
+                             num_images_per_prompt, eta, generator, prompt_embeds, negative_prompt_embeds,
+                             output_type, return_dict, callback_on_step_end, tensor_inputs, long_prompt)
+
+    def _run(self, prompt, image, strength, num_inference_steps, timesteps, sigmas, negative_prompt,
+             num_images_per_prompt, eta, generator, prompt_embeds, negative_prompt_embeds, output_type, return_dict,
+             callback_on_step_end, tensor_inputs, long_prompt):
+        latent_channels = self.vae.config.latent_channels
         device = self._execution_device
         batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
         state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,

@@ -5,13 +5,13 @@ guidance -> VQModel / AutoencoderKL decode. Constructor and `__call__` arguments
 """
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
 
 from ..core.guidance import cfg_batch, cfg_combine
-from ..core.noise import randn_tensor
+from ..tasks.denoise import step_kwargs
+from ..tasks.txt2img import prepare_latents
 from .outputs import ImagePipelineOutput
 from .pipeline_utils import DiffusionPipeline
 
@@ -19,20 +19,6 @@ logger = logging.getLogger("impasto")
 
 MAX_TOKENS = 77  # the LDM text encoder's context length (hard-coded in the reference pipeline too)
 LATENT_FACTOR = 8  # latent grid = height // 8 x width // 8, as the reference (the real LDM VAE is f8)
-
-
-def step_kwargs(scheduler, eta: float, generator) -> dict:
-    """Keyword arguments for `scheduler.step`: eta where the scheduler takes it, and the generator, so the noise a
-    stochastic step adds comes from it (the reference pipelines leave it to torch's global random state)."""
-    params = inspect.signature(scheduler.step).parameters
-    kwargs = {}
-    if "eta" in params:
-        kwargs["eta"] = eta
-    elif eta:
-        logger.info("%s takes no eta; eta=%s has no effect", type(scheduler).__name__, eta)
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs
 
 
 def to_output(image: torch.Tensor, output_type: str, numpy_to_pil):
@@ -104,8 +90,6 @@ class LDMTextToImagePipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps: expected a positive int, got {num_inference_steps!r}")
         if eta is None or eta < 0:
             raise ValueError(f"eta: expected a number >= 0, got {eta!r}")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"generator: got a list of {len(generator)} generators for {batch_size} prompts")
         check_output_type(output_type)
         device = self._execution_device
         guided = guidance_scale is not None and guidance_scale != 1.0
@@ -114,16 +98,10 @@ class LDMTextToImagePipeline(DiffusionPipeline):
         if guided:
             context = torch.cat([self.encode_prompt([""] * batch_size, device), context])
 
-        shape = (batch_size, self.unet.config.in_channels, height // LATENT_FACTOR, width // LATENT_FACTOR)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=context.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=context.dtype)
-
         self.scheduler.set_timesteps(num_inference_steps)
-        latents = latents * self.scheduler.init_noise_sigma
-        extra = step_kwargs(self.scheduler, eta, generator)
+        latents = prepare_latents(self.scheduler, batch_size, self.unet.config.in_channels, height, width,
+                                  LATENT_FACTOR, context.dtype, device, generator, latents).to(context.dtype)
+        extra = step_kwargs(self.scheduler, generator, eta)
         for t in self.progress_bar(self.scheduler.timesteps):
             x = self.scheduler.scale_model_input(cfg_batch(latents, guided), t)
             noise_pred = self.unet(x, t, encoder_hidden_states=context).sample

@@ -14,7 +14,8 @@ import PIL.Image
 import torch
 
 from ..core.noise import randn_tensor
-from .latent_diffusion import check_output_type, step_kwargs, to_output
+from ..tasks.denoise import step_kwargs
+from .latent_diffusion import check_output_type, to_output
 from .outputs import ImagePipelineOutput
 from .pipeline_utils import DiffusionPipeline
 
@@ -171,7 +172,7 @@ class LDMSuperResolutionPipeline(DiffusionPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
-        extra = step_kwargs(self.scheduler, eta, generator)
+        extra = step_kwargs(self.scheduler, generator, eta)
         for t in self.progress_bar(self.scheduler.timesteps):
             x = self.scheduler.scale_model_input(torch.cat([latents, image], dim=1), t)
             if tile is None:

@@ -47,22 +47,16 @@ def _trained_size(unet) -> int:
 
 def load_image(path: str):
     """Read an image file as a (1, 3, H, W) tensor in [-1, 1]; alpha / grey / palette images become RGB."""
-    import numpy as np
     import PIL.Image
-    import torch
+
+    from ..pipelines.latent_diffusion_superresolution import pil_to_tensor
 
     try:
         image = PIL.Image.open(path)
         image.load()
     except (OSError, PIL.Image.DecompressionBombError) as e:
         raise ValueError(f"image: cannot read {path}: {e}") from None
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"image: {path} has zero size")
-    if image.mode != "RGB":
-        logger.info("image: converting mode %s to RGB", image.mode)
-        image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return pil_to_tensor(image)
 
 
 def upscale(pipe, image, steps: int, generator, eta: float = 0.0, tile_size: int | None = None,

@@ -10,6 +10,7 @@ import logging
 import torch
 
 from ..core.guidance import cfg_batch, cfg_combine
+from ..image_processor import pt_to_numpy
 from ..tasks.denoise import step_kwargs
 from ..tasks.txt2img import prepare_latents
 from .outputs import ImagePipelineOutput
@@ -25,7 +26,7 @@ def to_output(image: torch.Tensor, output_type: str, numpy_to_pil):
     """(B, C, H, W) in [0, 1] -> tensor ("pt"), (B, H, W, C) float32 numpy ("np") or a list of PIL images ("pil")."""
     if output_type == "pt":
         return image
-    array = image.cpu().permute(0, 2, 3, 1).float().numpy()
+    array = pt_to_numpy(image)
     return numpy_to_pil(array) if output_type == "pil" else array
 
 

@@ -24,27 +24,32 @@ logger = logging.getLogger("impasto")
 SIZE_MULTIPLE = 32  # PIL inputs are resized down to a multiple of 32, as the reference preprocessing
 
 
-def preprocess(image: PIL.Image.Image) -> torch.Tensor:
-    """PIL image -> (1, 3, h, w) float32 in [-1, 1], w and h rounded down to a multiple of 32 (Lanczos resize).
-
-    Alpha, palette and one-channel images are converted to RGB (with a log line)."""
+def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """PIL image -> (1, 3, h, w) float32 in [-1, 1]; alpha, palette and grey images become RGB (logged)."""
     if not isinstance(image, PIL.Image.Image):
         raise ValueError(f"image: expected a PIL.Image.Image, got {type(image).__name__}")
-    w, h = image.size
-    if w == 0 or h == 0:
-        raise ValueError(f"image: has zero size ({w}x{h})")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image: has zero size ({image.width}x{image.height})")
     if image.mode != "RGB":
         logger.info("image: converting mode %s to RGB%s", image.mode,
                     " (alpha dropped)" if "A" in image.getbands() else "")
         image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.float32)[None].transpose(0, 3, 1, 2) / 255.0
+    return 2.0 * torch.from_numpy(np.ascontiguousarray(array)) - 1.0
+
+
+def preprocess(image: PIL.Image.Image) -> torch.Tensor:
+    """PIL image -> (1, 3, h, w) in [-1, 1], w and h rounded down to a multiple of 32 (Lanczos), as diffusers."""
+    if not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"image: expected a PIL.Image.Image, got {type(image).__name__}")
+    w, h = image.size
     w32, h32 = w - w % SIZE_MULTIPLE, h - h % SIZE_MULTIPLE
-    if w32 == 0 or h32 == 0:
+    if w and h and (w32 == 0 or h32 == 0):
         raise ValueError(f"image: {w}x{h} is too small; the upscaler needs at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE} pixels")
-    if (w32, h32) != (w, h):
+    if w and h and (w32, h32) != (w, h):
         logger.info("image: resizing %dx%d to %dx%d (a multiple of %d)", w, h, w32, h32, SIZE_MULTIPLE)
         image = image.resize((w32, h32), resample=PIL.Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32)[None].transpose(0, 3, 1, 2) / 255.0
-    return 2.0 * torch.from_numpy(array) - 1.0
+    return pil_to_tensor(image)
 
 
 def check_tensor_image(image: torch.Tensor) -> torch.Tensor:

@@ -176,3 +176,10 @@ def test_compiles_without_graph_breaks(built):
     compiled = torch.compile(mine, backend="eager", fullgraph=True)
     with torch.no_grad():
         assert max_diff(compiled(**kw).sample, ref(**kw).sample) <= TOL
+
+
+def test_num_attention_heads_takes_precedence():
+    with torch.device("meta"):
+        model = impasto.UNet2DConditionModel(**dict(CONFIGS["sd2"], attention_head_dim=8, num_attention_heads=(2, 4)))
+    heads = [layer.heads for layer in model._attention_layers()]
+    assert heads[0] == 2 and set(heads) == {2, 4}

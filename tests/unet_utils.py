@@ -35,6 +35,11 @@ CONFIGS = {
     "lcm": dict(_BASE, layers_per_block=1, attention_head_dim=4, time_cond_proj_dim=16,
                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+    # asymmetric transformer depths: per-layer counts for the down path, reversed ones given explicitly
+    "asym": dict(_BASE, layers_per_block=1, attention_head_dim=4, transformer_layers_per_block=[[1], [2]],
+                 reverse_transformer_layers_per_block=[[2, 1], [1, 2]],
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
     # x4-upscaler-like and rarer keys: class labels, scale_shift resnets, only_cross_attention, per-block
     # cross_attention_dim list, resnet-only mid block, flipped/shifted sinusoids, extra time activations
     "misc": dict(_BASE, in_channels=7, layers_per_block=1, attention_head_dim=4, num_class_embeds=10,

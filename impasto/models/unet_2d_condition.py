@@ -64,11 +64,10 @@ class UNetAttentionMixin:
         return [m for m in self.modules() if isinstance(m, Attention)]
 
     def _set_backends(self, kind: str, slice_sizes=None) -> None:
-        layers = self._attention_layers()
-        for i, layer in enumerate(layers):
-            size = slice_sizes[i] if slice_sizes is not None else None
-            layer.attn_backend = AttentionBackend(kind if size is not None or kind != "sliced" else "sdpa", size,
-                                                  layer.attn_backend.upcast)
+        for i, layer in enumerate(self._attention_layers()):
+            size = None if slice_sizes is None else slice_sizes[i]
+            layer_kind = "sdpa" if kind == "sliced" and size is None else kind  # slice size None = unsliced
+            layer.attn_backend = AttentionBackend(layer_kind, size, layer.attn_backend.upcast)
 
     def set_attention_slice(self, slice_size="auto") -> None:
         """Compute attention in chunks of `slice_size` (batch x head) rows: "auto" = half the heads of each layer,
@@ -129,6 +128,11 @@ def _per_block(value, n: int, key: str) -> list:
             raise ValueError(f"{key}: expected one value per block ({n}), got {list(value)}")
         return list(value)
     return [value] * n
+
+
+def _first(value):
+    """The mid block has one transformer: with per-layer depths it takes the first (as diffusers does)."""
+    return value[0] if isinstance(value, (list, tuple)) else value
 
 
 def _require(key: str, value, allowed: tuple, what: str = "") -> None:
@@ -240,7 +244,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         mid = block_out_channels[-1]
         if mid_block_type == "UNetMidBlock2DCrossAttn":
             self.mid_block = UNetMidBlock2DCrossAttn(
-                mid, transformer_layers_per_block=depths[-1], num_attention_heads=heads[-1],
+                mid, transformer_layers_per_block=_first(depths[-1]), num_attention_heads=heads[-1],
                 output_scale_factor=mid_block_scale_factor, cross_attention_dim=cross_dims[-1],
                 use_linear_projection=use_linear_projection, upcast_attention=upcast_attention, **common)
         elif mid_block_type == "UNetMidBlock2D":
@@ -279,7 +283,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
             block.s1 = block.s2 = block.b1 = block.b2 = None
 
     # ---- forward --------------------------------------------------------------------------------------
-    def _embed(self, sample, timestep, class_labels, timestep_cond, added_cond_kwargs, encoder_hidden_states):
+    def _embed(self, sample, timestep, class_labels, timestep_cond, added_cond_kwargs):
         t_emb = self.time_proj(timesteps_for_batch(timestep, sample.shape[0], sample.device)).to(sample.dtype)
         emb = self.time_embedding(t_emb, timestep_cond)
         if self.class_embedding is not None:
@@ -330,7 +334,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
 
-        emb = self._embed(sample, timestep, class_labels, timestep_cond, added_cond_kwargs, encoder_hidden_states)
+        emb = self._embed(sample, timestep, class_labels, timestep_cond, added_cond_kwargs)
         ctx = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                    encoder_attention_mask=encoder_attention_mask)
 

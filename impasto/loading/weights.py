@@ -44,7 +44,8 @@ def _safe_globals():
     import numpy as np
 
     allowed = [_stub(m, n) for m, n in SAFE_GLOBALS_STUBS]
-    allowed += [np.core.multiarray.scalar if hasattr(np, "core") else None, np.dtype]
+    core = getattr(np, "_core", None) or np.core
+    allowed += [core.multiarray.scalar, np.dtype]
     try:
         allowed.append(np.dtypes.Float64DType)
         allowed.append(np.dtypes.Int64DType)

@@ -1,0 +1,101 @@
+"""Folder -> single file -> pipeline gives identical images; files without embedded configs are read by shape."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import single_file_utils as sfu  # noqa: E402
+import tiny  # noqa: E402
+
+import impasto  # noqa: E402
+from impasto.loading.single_file import keys as K  # noqa: E402
+from impasto.loading.single_file import pipeline_from_single_file, read_checkpoint, save_single_file  # noqa: E402
+
+ARGS = dict(prompt="a red circle", num_inference_steps=2, output_type="np", height=32, width=32)
+
+
+def images(pipe, **kw):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(**{**ARGS, **kw}, generator=torch.Generator().manual_seed(0)).images
+
+
+def strip_metadata_ckpt(src: Path, dst: Path) -> Path:
+    """The same tensors as a plain .ckpt, as the files people download are: no embedded configs."""
+    state, _ = read_checkpoint(src)
+    torch.save({"state_dict": state, "global_step": 1}, dst)
+    return dst
+
+
+@pytest.mark.parametrize("variant", ["sd1", "sd2"])
+def test_round_trip_with_embedded_configs_is_exact(tmp_path, variant):
+    folder = tiny.make_sd_folder(tmp_path, variant)
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    file = save_single_file(pipe, tmp_path / "model.safetensors")
+    again = pipeline_from_single_file(impasto.StableDiffusionPipeline, file)
+    np.testing.assert_array_equal(images(pipe), images(again))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_plain_ckpt_is_read_by_shape_and_matches(tmp_path, family):
+    folder = sfu.conforming_folder(tmp_path, family)
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    file = save_single_file(pipe, tmp_path / "with_meta.safetensors")
+    ckpt = strip_metadata_ckpt(file, tmp_path / "model.ckpt")
+    state, configs = read_checkpoint(ckpt)
+    assert configs == {}
+    if family == "sd2":  # the original layout keeps one unused last text layer
+        assert K.count_blocks(state, "cond_stage_model.model.transformer.resblocks.") == 3
+    again = pipeline_from_single_file(impasto.StableDiffusionPipeline, ckpt)
+    assert again.unet.config.attention_head_dim == pipe.unet.config.attention_head_dim
+    np.testing.assert_allclose(images(pipe), images(again), atol=1e-5)
+
+
+def test_diffusers_reads_our_single_file(tmp_path):
+    """The file we write is the layout diffusers' own from_single_file understands."""
+    diffusers = pytest.importorskip("diffusers")
+    folder = sfu.conforming_folder(tmp_path, "sd1")
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    file = save_single_file(pipe, tmp_path / "model.safetensors")
+    theirs = diffusers.StableDiffusionPipeline.from_single_file(str(file), config=str(folder), local_files_only=True,
+                                                                safety_checker=None)
+    ours_sd = pipe.unet.state_dict()
+    their_sd = theirs.unet.state_dict()
+    assert set(ours_sd) == set(their_sd)
+    assert all(torch.equal(ours_sd[k], their_sd[k]) for k in ours_sd)
+    np.testing.assert_allclose(images(pipe), images(theirs), atol=1e-4)
+
+
+def test_forbidden_pickle_is_refused(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    file = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.ones(1)}, "payload": Evil()}, file)
+    with pytest.raises(ValueError, match="refused to load.*posix.system|refused to load.*system"):
+        pipeline_from_single_file(impasto.StableDiffusionPipeline, file)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    folder = tiny.make_sd_folder(tmp_path, "sd1")
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    file = save_single_file(pipe, tmp_path / "model.safetensors")
+    data = file.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.safetensors"):
+        pipeline_from_single_file(impasto.StableDiffusionPipeline, cut)
+
+
+def test_lora_file_is_not_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    file = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(file))
+    with pytest.raises(ValueError, match="no Stable Diffusion UNet weights"):
+        pipeline_from_single_file(impasto.StableDiffusionPipeline, file)

@@ -47,3 +47,11 @@ def test_upscale_cli_errors(sr_folder, tmp_path):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         upscale.main(["upscale", str(bad), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "none")])
+
+
+def test_upscale_registered_in_impasto_cli(sr_folder, tmp_path):
+    cli = pytest.importorskip("impasto.cli")
+    src, out = tmp_path / "in.png", tmp_path / "out.png"
+    PIL.Image.new("L", (20, 12), 128).save(src)  # smaller than the model's sample size: one pass, no tiles
+    assert cli.main(["upscale", str(src), "-o", str(out), "--model", str(sr_folder), "--steps", "1", "--seed", "0"]) == 0
+    assert PIL.Image.open(out).size == (80, 48)

@@ -1,0 +1,1 @@
+"""Subcommands of the `impasto` command line; each module has `register(subparsers)` (see impasto.cli)."""

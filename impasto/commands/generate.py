@@ -1,0 +1,189 @@
+"""`impasto generate PROMPT -o out.png`: text-to-image, or image-to-image with --init-image.
+
+The pipeline class comes from the model folder's model_index.json (its image-to-image sibling with
+--init-image). Each image is written as PNG with the generation settings in an A1111-style `parameters`
+text chunk; image i uses seed S+i, so any image can be made again alone. Paths are printed one per line.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "impasto/shapes"
+DTYPES = ("float32", "bfloat16", "float16")
+FLAGS = {"negative_prompt": "--negative", "num_images_per_prompt": "--num-images", "clip_skip": "--clip-skip",
+         "long_prompt": "--long-prompt", "guidance_scale": "--guidance", "num_inference_steps": "--steps"}
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("generate", help="make images from a prompt (optionally from an initial image)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("prompt", help="what to draw")
+    p.add_argument("-o", "--output", required=True,
+                   help="output PNG; with --num-images K > 1, files are named NAME-1.png ... NAME-K.png")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"diffusers model folder, hub id or single .safetensors/.ckpt file (default: {DEFAULT_MODEL}, "
+                        "the small built-in model)")
+    p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (what to avoid)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    p.add_argument("--scheduler", default=None, metavar="NAME",
+                   help="sampler: an impasto class name (EulerDiscreteScheduler) or an A1111 name "
+                        "('DPM++ 2M Karras', 'Euler a'); default: the model's own")
+    p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: the model's)")
+    p.add_argument("--num-images", type=int, default=1, metavar="K", help="how many images (default 1)")
+    p.add_argument("--init-image", default=None, metavar="IMG", help="start from this image (image-to-image)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="with --init-image: how much to change it, 0..1 (default 0.8)")
+    p.add_argument("--clip-skip", type=int, default=None, metavar="K", help="use the text encoder's K-th last layer")
+    p.add_argument("--long-prompt", choices=("truncate", "chunk"), default="truncate",
+                   help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="weights' dtype (default: float16 on cuda, float32 on cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _check(args) -> None:
+    if args.steps < 1:
+        raise ValueError(f"--steps: expected a positive number, got {args.steps}")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images: expected a positive number, got {args.num_images}")
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise ValueError(f"--{name}: expected a positive multiple of 8, got {value}")
+    if args.strength is not None and args.init_image is None:
+        raise ValueError("--strength: only used with --init-image")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength: expected a number in [0, 1], got {args.strength}")
+    if args.init_image is not None and (args.width or args.height):
+        raise ValueError("--width/--height: with --init-image the size is the image's (resize the image instead)")
+
+
+def pipeline_class(model: str, img2img: bool):
+    """The impasto pipeline class for a model folder / file, switched to its image-to-image sibling if asked."""
+    import impasto
+    from impasto.loading.hub import resolve_file
+    from impasto.models.config import read_json
+    from impasto.pipelines.pipeline_utils import resolve_model_path
+
+    path = Path(os.path.expanduser(model))
+    if path.is_file():
+        name = "StableDiffusionPipeline"
+    else:
+        index = read_json(resolve_file(resolve_model_path(model), "model_index.json"))
+        name = str(index.get("_class_name"))
+    base = name.replace("Img2ImgPipeline", "Pipeline")
+    wanted = base.replace("Pipeline", "Img2ImgPipeline") if img2img else base
+    try:
+        return getattr(impasto, wanted)
+    except (AttributeError, ImportError):
+        if img2img:
+            raise ValueError(f"--init-image: the model's pipeline {name} has no image-to-image variant in impasto") \
+                from None
+        raise ValueError(f"--model: its pipeline {name} is not provided by impasto") from None
+
+
+def load_pipeline(args, img2img: bool):
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    dtype = getattr(torch, dtype_name)
+    cls = pipeline_class(args.model, img2img)
+    if Path(os.path.expanduser(args.model)).is_file():
+        if not hasattr(cls, "from_single_file"):
+            raise ValueError(f"--model: {cls.__name__} cannot load single checkpoint files")
+        pipe = cls.from_single_file(args.model, dtype=dtype)
+    else:
+        pipe = cls.from_pretrained(args.model, dtype=dtype)
+    if args.scheduler:
+        from impasto import scheduler_from_name
+
+        pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
+    return pipe.to(device), device
+
+
+def read_image(path: str):
+    import PIL.Image
+
+    try:
+        image = PIL.Image.open(path)
+        image.load()
+    except (OSError, PIL.Image.DecompressionBombError) as e:
+        raise ValueError(f"--init-image: cannot read {path}: {e}") from None
+    return image.convert("RGB")
+
+
+def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
+    """The text A1111 writes into a PNG's `parameters` chunk (read back by most SD tools)."""
+    lines = [args.prompt]
+    if args.negative:
+        lines.append(f"Negative prompt: {args.negative}")
+    fields = [("Steps", args.steps), ("Sampler", sampler), ("CFG scale", args.guidance), ("Seed", seed),
+              ("Size", f"{size[0]}x{size[1]}"), ("Model", model)]
+    if args.init_image is not None:
+        fields.append(("Denoising strength", args.strength if args.strength is not None else 0.8))
+    if args.clip_skip is not None:
+        fields.append(("Clip skip", args.clip_skip))
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
+    return "\n".join(lines)
+
+
+def output_paths(output: str, k: int) -> list[Path]:
+    out = Path(output)
+    if out.suffix == "":
+        out = out.with_suffix(".png")
+    if k == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(k)]
+
+
+def run(args) -> int:
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    _check(args)
+    img2img = args.init_image is not None
+    init = read_image(args.init_image) if img2img else None
+    pipe, device = load_pipeline(args, img2img)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    if args.seed is None:
+        print(f"seed: {seed}", file=sys.stderr)
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(args.num_images)]
+    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, num_images_per_prompt=args.num_images, generator=generators,
+                  clip_skip=args.clip_skip, long_prompt=args.long_prompt, output_type="pil")
+    if img2img:
+        kwargs.update(image=init, strength=args.strength if args.strength is not None else 0.8)
+    else:
+        kwargs.update(height=args.height, width=args.width)
+    accepted = inspect.signature(pipe.__call__).parameters
+    for key in [k for k in kwargs if k not in accepted]:
+        if kwargs[key] is not None and not (key == "long_prompt" and kwargs[key] == "truncate"):
+            raise ValueError(f"{FLAGS.get(key, '--' + key)}: not supported by {type(pipe).__name__}")
+        kwargs.pop(key)
+    out = pipe(**kwargs)
+    images = out.images
+    flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(images)
+    sampler = args.scheduler or type(pipe.scheduler).__name__
+    model = Path(str(args.model)).name or str(args.model)
+    paths = output_paths(args.output, len(images))
+    for i, (image, path) in enumerate(zip(images, paths)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = PngInfo()
+        info.add_text("parameters", a1111_parameters(args, seed + i, image.size, sampler, model))
+        if path.suffix.lower() == ".png":
+            image.save(path, pnginfo=info)
+        else:
+            image.save(path)
+        note = "  (flagged by the safety checker)" if flagged[i] else ""
+        print(f"{path}{note}")
+    return 0

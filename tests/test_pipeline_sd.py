@@ -23,7 +23,7 @@ def sd2(tmp_path_factory):
 
 def test_loaded_components_are_impasto(sd1):
     comps = sd1.mine.components
-    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert type(comps[name]).__module__.startswith("impasto."), (name, type(comps[name]))
     assert comps["safety_checker"] is None
 
@@ -60,6 +60,8 @@ def test_ancestral_reproducible_from_generator(sd1):
     dict(num_images_per_prompt=3),
     dict(guidance_rescale=0.7),
     dict(height=24, width=40),
+    dict(timesteps=[999, 600, 250, 50]),
+    dict(sigmas=[14.6, 4.0, 1.2, 0.3]),
 ])
 def test_call_options_match_diffusers(sd1, case):
     sd1.set_scheduler("EulerDiscreteScheduler")

@@ -42,6 +42,17 @@ def test_save_pretrained_is_read_by_diffusers_and_impasto(pair, tmp_path):
     assert max_diff(_run(again), base) == 0.0
 
 
+def test_variant_round_trip(pair, tmp_path):
+    import impasto
+
+    pair.mine.save_pretrained(tmp_path / "v", variant="fp16")
+    assert (tmp_path / "v" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    pipe = impasto.DiffusionPipeline.from_pretrained(tmp_path / "v", variant="fp16", use_safetensors=True,
+                                                     local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert max_diff(_run(pipe), _run(pair.mine)) == 0.0
+
+
 def test_overrides_dtypes_and_to(pair):
     import impasto
 

@@ -174,6 +174,12 @@ def test_safety_checker_from_folder(tmp_path):
     a, b = pair.run_both(prompt=[PROMPT, "x"], num_inference_steps=2)
     assert a.nsfw_content_detected == b.nsfw_content_detected
     assert max_diff(a.images, b.images) < TOL
+    with torch.no_grad():  # thresholds that flag every image: both pipelines black them out
+        for checker in (pair.ref.safety_checker, pair.mine.safety_checker):
+            checker.concept_embeds_weights.fill_(-2.0)
+    a, b = pair.run_both(prompt=[PROMPT, "x"], num_inference_steps=2, n_generators=2)
+    assert a.nsfw_content_detected == b.nsfw_content_detected == [True, True]
+    assert max_diff(a.images, b.images) < TOL and b.images.max() == 0.0
 
 
 def test_safety_modes_blackout_and_flag(sd1):

@@ -134,6 +134,21 @@ def test_memory_toggles_keep_the_image(pair):
             pipe.enable_sequential_cpu_offload()
 
 
+@pytest.mark.parametrize("kind", ["model", "sequential"])
+def test_cpu_offload_hooks_keep_the_image(pair, monkeypatch, kind):
+    """The offload hooks, exercised with the CPU standing in for the accelerator."""
+    pipe = pair.mine
+    base = _run(pipe)
+    monkeypatch.setattr(pipe, "_offload_target", lambda gpu_id, device: torch.device("cpu"), raising=False)
+    getattr(pipe, f"enable_{kind}_cpu_offload")()
+    try:
+        assert pipe._execution_device == torch.device("cpu") and pipe._offload_hooks
+        assert max_diff(_run(pipe), base) < 1e-6
+    finally:
+        pipe.remove_all_hooks()
+    assert not pipe._offload_hooks
+
+
 def test_float16_vae_overflow_is_decoded_again_in_float32(pair, caplog):
     from impasto.tasks.vae import decode
 

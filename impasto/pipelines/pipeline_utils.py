@@ -171,7 +171,7 @@ class DiffusionPipeline(ConfigMixin, MemoryMixin):
         device = kwargs.pop("device", None)
         for k in _ACCEPTED_AND_UNUSED:
             if kwargs.pop(k, None) is not None:
-                logger.debug("from_pretrained: %s has no effect in impasto", k)
+                logger.info("from_pretrained: %s has no effect in impasto", k)
         index = read_json(resolve_file(path, cls.config_name, **hub))
         pipe_cls = cls._pipeline_class(index, path)
         params = inspect.signature(pipe_cls.__init__).parameters

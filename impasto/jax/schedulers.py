@@ -46,8 +46,9 @@ class FlaxSchedulerState:
     noise_weights: jnp.ndarray  # (2,) add_noise: x0 weight, noise weight at the first step that runs
     step_index: jnp.ndarray
     history: jnp.ndarray | None = None  # (m + 1, *shape) float32: x_start, then the model outputs
-    num_inference_steps: int = struct.field(pytree_node=False, default=0)
-    begin_index: int = struct.field(pytree_node=False, default=0)
+    # plain leaves, not static fields: runs of equal length share one compiled program whatever their settings
+    num_inference_steps: jnp.ndarray = 0
+    begin_index: jnp.ndarray = 0
 
     @property
     def num_steps(self) -> int:
@@ -116,7 +117,8 @@ class FlaxSchedulerMixin:
             alphas_cumprod=jnp.asarray(self._torch.alphas_cumprod.numpy(), jnp.float32), timesteps=empty,
             input_scales=empty, coefficients=jnp.zeros((0, 1), jnp.float32),
             init_noise_sigma=jnp.asarray(_scalar(self._torch.init_noise_sigma), jnp.float32),
-            noise_weights=jnp.ones((2,), jnp.float32), step_index=jnp.zeros((), jnp.int32))
+            noise_weights=jnp.ones((2,), jnp.float32), step_index=jnp.zeros((), jnp.int32),
+            num_inference_steps=jnp.zeros((), jnp.int32), begin_index=jnp.zeros((), jnp.int32))
 
     def set_timesteps(self, state: FlaxSchedulerState, num_inference_steps: int, shape: tuple = (),
                       begin_index: int = 0) -> FlaxSchedulerState:
@@ -134,12 +136,13 @@ class FlaxSchedulerMixin:
             init_noise_sigma=jnp.asarray(tables["init_noise_sigma"], jnp.float32),
             noise_weights=jnp.asarray(tables["noise_weights"], jnp.float32),
             step_index=jnp.zeros((), jnp.int32), history=history,
-            num_inference_steps=int(num_inference_steps), begin_index=int(begin_index))
+            num_inference_steps=jnp.asarray(num_inference_steps, jnp.int32),
+            begin_index=jnp.asarray(begin_index, jnp.int32))
 
     def set_begin_index(self, state: FlaxSchedulerState, begin_index: int) -> FlaxSchedulerState:
         """Re-plan the current run to start at ladder position `begin_index`."""
         shape = () if state.history is None else state.history.shape[1:]
-        return self.set_timesteps(state, state.num_inference_steps, shape, begin_index)
+        return self.set_timesteps(state, int(state.num_inference_steps), shape, begin_index)
 
     def _trace(self, n: int, begin: int) -> dict:
         import torch
@@ -169,28 +172,41 @@ class FlaxSchedulerMixin:
         return dict(timesteps=steps.to(torch.float32).numpy(), input_scales=scales, coefficients=coefficients,
                     init_noise_sigma=init_noise_sigma, noise_weights=noise_weights)
 
-    # ---- stepping (traceable) ---------------------------------------------------------------------------
+    # ---- stepping (traceable; the same for every class, so one compiled loop serves them all) ---------------
     def scale_model_input(self, state: FlaxSchedulerState, sample, timestep=None):
         """The model input at the current step (sample / sqrt(sigma^2 + 1) for the sigma samplers)."""
-        return sample * state.input_scales[state.step_index].astype(sample.dtype)
+        return scale_input(state, sample)
 
     def step(self, state: FlaxSchedulerState, model_output, timestep, sample, return_dict: bool = True):
         """Advance the sample by the state's current step; returns (prev_sample, new state)."""
-        k = state.step_index
-        history = state.history
-        if history is None:
-            history = jnp.zeros((state.coefficients.shape[1], *sample.shape), jnp.float32)
-        history = jnp.where(k == 0, history.at[0].set(sample.astype(jnp.float32)), history)
-        history = jax.lax.dynamic_update_index_in_dim(history, model_output.astype(jnp.float32), k + 1, axis=0)
-        prev = jnp.tensordot(state.coefficients[k], history, axes=1).astype(sample.dtype)
-        state = state.replace(history=history, step_index=k + 1)
+        prev, state = advance(state, model_output, sample)
         return FlaxSchedulerOutput(prev_sample=prev, state=state) if return_dict else (prev, state)
 
     def add_noise(self, state: FlaxSchedulerState, original_samples, noise):
         """The image latents noised to the level of the run's first step (as torch's add_noise at the begin
         index)."""
-        w = state.noise_weights.astype(original_samples.dtype)
-        return w[0] * original_samples + w[1] * noise
+        return add_noise(state, original_samples, noise)
+
+
+def scale_input(state: FlaxSchedulerState, sample):
+    return sample * state.input_scales[state.step_index].astype(sample.dtype)
+
+
+def advance(state: FlaxSchedulerState, model_output, sample):
+    """(x_{k+1}, state after step k): store the output in the history, take row k of the coefficients."""
+    k = state.step_index
+    history = state.history
+    if history is None:
+        history = jnp.zeros((state.coefficients.shape[1], *sample.shape), jnp.float32)
+    history = jnp.where(k == 0, history.at[0].set(sample.astype(jnp.float32)), history)
+    history = jax.lax.dynamic_update_index_in_dim(history, model_output.astype(jnp.float32), k + 1, axis=0)
+    prev = jnp.tensordot(state.coefficients[k], history, axes=1).astype(sample.dtype)
+    return prev, state.replace(history=history, step_index=k + 1)
+
+
+def add_noise(state: FlaxSchedulerState, original_samples, noise):
+    w = state.noise_weights.astype(original_samples.dtype)
+    return w[0] * original_samples + w[1] * noise
 
 
 class FlaxDDIMScheduler(FlaxSchedulerMixin):

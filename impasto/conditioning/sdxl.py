@@ -67,7 +67,8 @@ def encode_prompt(text_encoder, text_encoder_2, tokenizer, tokenizer_2, prompt, 
     prompts for textual inversion tokens."""
     pairs = [(e, t) for e, t in ((text_encoder, tokenizer), (text_encoder_2, tokenizer_2)) if e is not None]
     if prompt_embeds is None and not pairs:
-        raise ValueError("prompt_embeds: this pipeline has no text encoder; pass prompt_embeds and pooled_prompt_embeds")
+        raise ValueError("prompt_embeds: this pipeline has no text encoder; pass prompt_embeds and "
+                         "pooled_prompt_embeds")
     convert = convert or (lambda texts, _tok: texts)
     texts = as_list(prompt, "prompt") if prompt is not None else None
     batch = len(texts) if texts is not None else prompt_embeds.shape[0]
@@ -137,9 +138,10 @@ def check_time_ids(unet, n_ids: int, projection_dim: int, requires_aesthetics_sc
     if expected == passed:
         return
     hint = "The UNet's config or text_encoder_2.config.projection_dim does not match"
-    if expected - passed == per_id and not requires_aesthetics_score:
+    if expected - passed == per_id and requires_aesthetics_score:
+        hint = "This UNet takes a target size, not an aesthetic score: set requires_aesthetics_score=False"
+    elif passed - expected == per_id and not requires_aesthetics_score:
         hint = "This UNet was trained with an aesthetic score: set requires_aesthetics_score=True"
-    elif passed - expected == per_id and requires_aesthetics_score:
-        hint = "This UNet takes no aesthetic score: set requires_aesthetics_score=False"
     raise ValueError(f"requires_aesthetics_score: the UNet expects {expected} added-embedding inputs, the "
-                     f"micro-conditioning gives {passed}. {hint} (pipe.register_to_config(requires_aesthetics_score=...)).")
+                     f"micro-conditioning gives {passed}. {hint} "
+                     "(pipe.register_to_config(requires_aesthetics_score=...)).")

@@ -13,7 +13,6 @@ import torch
 
 from ..image_processor import VaeImageProcessor
 from ..loading.lora import LoraLoaderMixin
-from ..loading.single_file import pipeline_from_single_file
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import inpaint, img2img
 from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
@@ -100,7 +99,6 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
     region is re-imposed after every step)."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents"]
-    from_single_file = classmethod(pipeline_from_single_file)
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
                  image_encoder=None, requires_safety_checker: bool = True):
@@ -134,30 +132,32 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
-        device = self._execution_device
-        batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
-        state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                      num_images_per_prompt, device, long_prompt)
-        dtype = state["prompt_embeds"].dtype
-        scheduler = self._scheduler_for_call()
-        ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
-        ladder, n_steps = img2img.get_timesteps(scheduler, n_steps, strength)
-        if n_steps < 1:
-            raise ValueError(f"strength: {strength} x num_inference_steps leaves no denoising step; "
-                             "raise strength or num_inference_steps")
-        prep = self._prepare_inpaint(scheduler, image, mask_image, masked_image_latents, height, width,
-                                     padding_mask_crop, ladder, strength, batch, dtype, device, generator, latents)
-        state.update(mask=prep["mask"], masked_image_latents=prep["masked_image_latents"])
-        latents = denoise(self, scheduler, prep["latents"], ladder, state, n_steps,
-                          extra_step_kwargs=step_kwargs(scheduler, generator, eta),
-                          timestep_cond=self._timestep_cond(batch, device, prep["latents"].dtype),
-                          callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs,
-                          **self._inpaint_hooks(scheduler, ladder, prep))
-        out = self._finish(latents, output_type, generator, device, dtype, True)
-        images = self._overlay(out.images, mask_image, image, prep["crops"])
-        if not return_dict:
-            return images, out.nsfw_content_detected
-        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=out.nsfw_content_detected)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            device = self._execution_device
+            batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                          num_images_per_prompt, device, long_prompt)
+            dtype = state["prompt_embeds"].dtype
+            scheduler = self._scheduler_for_call()
+            ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
+            ladder, n_steps = img2img.get_timesteps(scheduler, n_steps, strength)
+            if n_steps < 1:
+                raise ValueError(f"strength: {strength} x num_inference_steps leaves no denoising step; "
+                                 "raise strength or num_inference_steps")
+            prep = self._prepare_inpaint(scheduler, image, mask_image, masked_image_latents, height, width,
+                                         padding_mask_crop, ladder, strength, batch, dtype, device, generator, latents)
+            state.update(mask=prep["mask"], masked_image_latents=prep["masked_image_latents"])
+            latents = denoise(self, scheduler, prep["latents"], ladder, state, n_steps,
+                              extra_step_kwargs=step_kwargs(scheduler, generator, eta),
+                              timestep_cond=self._timestep_cond(batch, device, prep["latents"].dtype),
+                              callback_on_step_end=callback_on_step_end,
+                              callback_on_step_end_tensor_inputs=tensor_inputs,
+                              **self._inpaint_hooks(scheduler, ladder, prep))
+            out = self._finish(latents, output_type, generator, device, dtype, True)
+            images = self._overlay(out.images, mask_image, image, prep["crops"])
+            if not return_dict:
+                return images, out.nsfw_content_detected
+            return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=out.nsfw_content_detected)
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device=None):
         return img2img.get_timesteps(self.scheduler, num_inference_steps, strength)

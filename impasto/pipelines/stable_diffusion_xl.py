@@ -9,7 +9,6 @@ import torch
 
 from ..conditioning import sdxl as cond
 from ..loading.lora import LoraLoaderMixin
-from ..loading.single_file import pipeline_from_single_file
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..image_processor import VaeImageProcessor
 from ..tasks import txt2img
@@ -42,7 +41,8 @@ def decode_sdxl(vae, latents: torch.Tensor) -> torch.Tensor:
     if upcast:
         vae.to(torch.float32)
     try:
-        z = latents * std / vae.config.scaling_factor + mean if mean is not None else latents / vae.config.scaling_factor
+        sf = vae.config.scaling_factor
+        z = latents * std / sf + mean if mean is not None else latents / sf
         return vae.decode(z.to(vae.dtype), return_dict=False)[0]
     finally:
         vae.to(dtype)
@@ -98,7 +98,6 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
     _exclude_from_cpu_offload = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
     safety_checker = None
-    from_single_file = classmethod(pipeline_from_single_file)
 
     def _setup(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
                feature_extractor, force_zeros_for_empty_prompt, add_watermarker, **flags):
@@ -124,16 +123,18 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
     def encode_prompt(self, prompt, prompt_2=None, device=None, num_images_per_prompt: int = 1,
                       do_classifier_free_guidance: bool = True, negative_prompt=None, negative_prompt_2=None,
                       prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
-                      negative_pooled_prompt_embeds=None, lora_scale: float | None = None, clip_skip: int | None = None):
+                      negative_pooled_prompt_embeds=None, lora_scale: float | None = None,
+                      clip_skip: int | None = None):
         """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)."""
         convert = getattr(self, "maybe_convert_prompt", None)
-        return cond.encode_prompt(
-            self.text_encoder, self.text_encoder_2, self.tokenizer, self.tokenizer_2, prompt, prompt_2,
-            device or self._execution_device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
-            negative_prompt_2, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
-            negative_pooled_prompt_embeds, clip_skip, self.config.force_zeros_for_empty_prompt,
-            self.unet.dtype if self.unet is not None else None,
-            (lambda texts, tok: convert(texts, tok)) if convert is not None else None)
+        with self._lora_scope(lora_scale, ("text_encoder", "text_encoder_2")):
+            return cond.encode_prompt(
+                self.text_encoder, self.text_encoder_2, self.tokenizer, self.tokenizer_2, prompt, prompt_2,
+                device or self._execution_device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
+                negative_prompt_2, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+                negative_pooled_prompt_embeds, clip_skip, self.config.force_zeros_for_empty_prompt,
+                self.unet.dtype if self.unet is not None else None,
+                (lambda texts, tok: convert(texts, tok)) if convert is not None else None)
 
     # ---- checks --------------------------------------------------------------------------------------
     def _check_sdxl(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
@@ -265,28 +266,29 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
                          pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, output_type,
                          tensor_inputs, clip_skip, ip_adapter_image, ip_adapter_image_embeds)
         self._start_sdxl(guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs, denoising_end)
-        device = self._execution_device
-        batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
-        encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
-                                    negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                    num_images_per_prompt, device)
-        dtype = encoded[0].dtype
-        scheduler = self._scheduler_for_call()
-        ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
-        latents = txt2img.prepare_latents(scheduler, batch, self.unet.config.in_channels, height, width,
-                                          self.vae_scale_factor, dtype, device, generator, latents)
-        orig, crop, target, neg_orig, neg_crop, neg_target = sizes
-        pos_ids = cond.time_ids(orig, crop, target)
-        # as diffusers: the negative ids differ only when both negative sizes are given
-        neg_ids = cond.time_ids(neg_orig, neg_crop, neg_target) \
-            if negative_original_size is not None and negative_target_size is not None else pos_ids
-        add_ids, neg_add_ids = self._add_time_ids(pos_ids, neg_ids, encoded[2], dtype)
-        state = self._state(encoded, add_ids, neg_add_ids, batch, device)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
-        latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
-                                 callback_on_step_end, tensor_inputs)
-        return self._finish_sdxl(latents, output_type, return_dict)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            device = self._execution_device
+            batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
+                                        negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                                        num_images_per_prompt, device)
+            dtype = encoded[0].dtype
+            scheduler = self._scheduler_for_call()
+            ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
+            latents = txt2img.prepare_latents(scheduler, batch, self.unet.config.in_channels, height, width,
+                                              self.vae_scale_factor, dtype, device, generator, latents)
+            orig, crop, target, neg_orig, neg_crop, neg_target = sizes
+            pos_ids = cond.time_ids(orig, crop, target)
+            # as diffusers: the negative ids differ only when both negative sizes are given
+            neg_ids = cond.time_ids(neg_orig, neg_crop, neg_target) \
+                if negative_original_size is not None and negative_target_size is not None else pos_ids
+            add_ids, neg_add_ids = self._add_time_ids(pos_ids, neg_ids, encoded[2], dtype)
+            state = self._state(encoded, add_ids, neg_add_ids, batch, device)
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+            latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
+                                     callback_on_step_end, tensor_inputs)
+            return self._finish_sdxl(latents, output_type, return_dict)
 
 
 def _sizes(original_size, crops, target_size, neg_original, neg_crops, neg_target, default_hw):

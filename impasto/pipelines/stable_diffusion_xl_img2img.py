@@ -153,24 +153,26 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
             cond.check_size(locals()[name], name)
         self._start_sdxl(guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs, denoising_end,
                          denoising_start)
-        device = self._execution_device
-        batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
-        encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
-                                    negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                    num_images_per_prompt, device)
-        dtype = encoded[0].dtype
-        pixels = self.image_processor.preprocess(_as_rgb(image))
-        scheduler = self._scheduler_for_call()
-        ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)
-        if latents is None:
-            latents = prepare_latents(self.vae, scheduler, pixels, ladder[:1].repeat(batch), batch, dtype, device,
-                                      generator, add_noise=self._denoising_start is None,
-                                      latent_channels=self.vae.config.latent_channels)
-        hw = (latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
-        sizes = _sizes(original_size, crops_coords_top_left, target_size, negative_original_size,
-                       negative_crops_coords_top_left, negative_target_size, hw)
-        add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2], dtype)
-        state = self._state(encoded, add_ids, neg_ids, batch, device)
-        latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
-                                 callback_on_step_end, tensor_inputs)
-        return self._finish_sdxl(latents, output_type, return_dict)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            device = self._execution_device
+            batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
+                                        negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                                        num_images_per_prompt, device)
+            dtype = encoded[0].dtype
+            pixels = self.image_processor.preprocess(_as_rgb(image))
+            scheduler = self._scheduler_for_call()
+            ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)
+            if latents is None:
+                latents = prepare_latents(self.vae, scheduler, pixels, ladder[:1].repeat(batch), batch, dtype, device,
+                                          generator, add_noise=self._denoising_start is None,
+                                          latent_channels=self.vae.config.latent_channels)
+            hw = (latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
+            sizes = _sizes(original_size, crops_coords_top_left, target_size, negative_original_size,
+                           negative_crops_coords_top_left, negative_target_size, hw)
+            add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2],
+                                                      dtype)
+            state = self._state(encoded, add_ids, neg_ids, batch, device)
+            latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
+                                     callback_on_step_end, tensor_inputs)
+            return self._finish_sdxl(latents, output_type, return_dict)

@@ -65,27 +65,30 @@ class StableDiffusionXLInpaintPipeline(InpaintMixin, SDXLImageToImageMixin, Stab
             cond.check_size(locals()[name], name)
         self._start_sdxl(guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs, denoising_end,
                          denoising_start)
-        device = self._execution_device
-        batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
-        encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
-                                    negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                    num_images_per_prompt, device)
-        dtype = encoded[0].dtype
-        scheduler = self._scheduler_for_call()
-        ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)
-        prep = self._prepare_inpaint(scheduler, image, mask_image, masked_image_latents, height, width,
-                                     padding_mask_crop, ladder, strength, batch, dtype, device, generator, latents,
-                                     add_noise=self._denoising_start is None, upcast=True)
-        latents = prep["latents"]
-        hw = (latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
-        sizes = _sizes(original_size, crops_coords_top_left, target_size, negative_original_size,
-                       negative_crops_coords_top_left, negative_target_size, hw)
-        add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2], dtype)
-        state = self._state(encoded, add_ids, neg_ids, batch, device)
-        state.update(mask=prep["mask"], masked_image_latents=prep["masked_image_latents"])
-        ladder, cut = cut_at_end(scheduler, ladder, self._denoising_end)  # the blend needs the ladder as run
-        n_steps = cut if cut is not None else n_steps
-        latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
-                                 callback_on_step_end, tensor_inputs, **self._inpaint_hooks(scheduler, ladder, prep))
-        return self._finish_sdxl(latents, output_type, return_dict,
-                                 postprocess=lambda images: self._overlay(images, mask_image, image, prep["crops"]))
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            device = self._execution_device
+            batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
+                                        negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
+                                        num_images_per_prompt, device)
+            dtype = encoded[0].dtype
+            scheduler = self._scheduler_for_call()
+            ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)
+            prep = self._prepare_inpaint(scheduler, image, mask_image, masked_image_latents, height, width,
+                                         padding_mask_crop, ladder, strength, batch, dtype, device, generator, latents,
+                                         add_noise=self._denoising_start is None, upcast=True)
+            latents = prep["latents"]
+            hw = (latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
+            sizes = _sizes(original_size, crops_coords_top_left, target_size, negative_original_size,
+                           negative_crops_coords_top_left, negative_target_size, hw)
+            add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2],
+                                                      dtype)
+            state = self._state(encoded, add_ids, neg_ids, batch, device)
+            state.update(mask=prep["mask"], masked_image_latents=prep["masked_image_latents"])
+            ladder, cut = cut_at_end(scheduler, ladder, self._denoising_end)  # the blend needs the ladder as run
+            n_steps = cut if cut is not None else n_steps
+            latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
+                                     callback_on_step_end, tensor_inputs,
+                                     **self._inpaint_hooks(scheduler, ladder, prep))
+            return self._finish_sdxl(latents, output_type, return_dict,
+                                     postprocess=lambda images: self._overlay(images, mask_image, image, prep["crops"]))

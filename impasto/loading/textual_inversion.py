@@ -76,7 +76,7 @@ def add_embeddings(tokenizer, text_encoder, pairs: list[tuple[str, torch.Tensor]
     with torch.no_grad():
         for tok, vec in pairs:
             tokenizer.add_tokens(tok)
-            weight[tokenizer.convert_tokens_to_ids(tok)] = vec.to(weight.dtype, weight.device)
+            weight[tokenizer.convert_tokens_to_ids(tok)] = vec.to(device=weight.device, dtype=weight.dtype)
     logger.info("textual inversion: added %s", ", ".join(t for t, _ in pairs))
 
 

@@ -126,6 +126,8 @@ def _parse_diffusers(state, components, metadata):
             up_key = down_suffix.sub(up_suffix, key)
             module = _module_name(raw)
             targets = lora_targets(components[comp]) if components.get(comp) is not None else {}
+            if module not in targets and "text_model." + module in targets:  # transformers 5 drops text_model.
+                module = "text_model." + module
             if module not in targets or up_key not in state:
                 unmatched.append(key)
                 break
@@ -185,9 +187,11 @@ def to_peft_state(adapter: dict[str, dict[str, LoraWeights]]) -> tuple[dict, dic
     """Normal form -> (diffusers/PEFT state dict, adapter metadata with per-module alphas)."""
     state, metadata = {}, {}
     for comp, modules in adapter.items():
+        if comp.startswith("text_encoder"):
+            modules = {n[len("text_model."):] if n.startswith("text_model.") else n: w for n, w in modules.items()}
         ranks = {}
         alphas = {}
-        for name, w in modules.items():
+        for name, w in modules.items():  # text encoders: no text_model. level, as diffusers writes them now
             state[f"{comp}.{name}.lora_A.weight"] = w.down.contiguous()
             state[f"{comp}.{name}.lora_B.weight"] = w.up.contiguous()
             ranks[name] = w.rank

@@ -40,6 +40,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-image", default=None, metavar="IMG", help="start from this image (image-to-image)")
     p.add_argument("--strength", type=float, default=None,
                    help="with --init-image: how much to change it, 0..1 (default 0.8)")
+    p.add_argument("--mask", default=None, metavar="IMG",
+                   help="with --init-image: inpaint; white pixels of this mask are repainted, black ones kept")
+    p.add_argument("--refiner", default=None, metavar="PATH",
+                   help="SDXL refiner folder: the model runs the first --high-noise-frac of the steps, the refiner "
+                        "the rest (ensemble of experts)")
+    p.add_argument("--high-noise-frac", type=float, default=None, metavar="F",
+                   help="with --refiner: the fraction of the schedule the base model runs, in (0, 1) (default 0.8)")
     p.add_argument("--clip-skip", type=int, default=None, metavar="K", help="use the text encoder's K-th last layer")
     p.add_argument("--long-prompt", choices=("truncate", "chunk"), default="truncate",
                    help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks")
@@ -63,11 +70,17 @@ def _check(args) -> None:
         raise ValueError("--strength: only used with --init-image")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise ValueError(f"--strength: expected a number in [0, 1], got {args.strength}")
+    if args.mask is not None and args.init_image is None:
+        raise ValueError("--mask: needs --init-image (the picture to inpaint)")
+    if args.high_noise_frac is not None and args.refiner is None:
+        raise ValueError("--high-noise-frac: only used with --refiner")
+    if args.high_noise_frac is not None and not 0.0 < args.high_noise_frac < 1.0:
+        raise ValueError(f"--high-noise-frac: expected a fraction in (0, 1), got {args.high_noise_frac}")
     if args.init_image is not None and (args.width or args.height):
         raise ValueError("--width/--height: with --init-image the size is the image's (resize the image instead)")
 
 
-def pipeline_class(model: str, img2img: bool):
+def pipeline_class(model: str, img2img: bool, inpaint: bool = False):
     """The impasto pipeline class for a model folder / file, switched to its image-to-image sibling if asked."""
     import impasto
     from impasto.loading.hub import resolve_file
@@ -80,24 +93,28 @@ def pipeline_class(model: str, img2img: bool):
     else:
         index = read_json(resolve_file(resolve_model_path(model), "model_index.json"))
         name = str(index.get("_class_name"))
-    base = name.replace("Img2ImgPipeline", "Pipeline")
-    wanted = base.replace("Pipeline", "Img2ImgPipeline") if img2img else base
+    base = name.replace("Img2ImgPipeline", "Pipeline").replace("InpaintPipeline", "Pipeline")
+    if name.endswith("InpaintPipeline") and not inpaint:
+        raise ValueError(f"--mask: {name} is an inpainting model; give --init-image and --mask")
+    wanted = base.replace("Pipeline", "InpaintPipeline" if inpaint else "Img2ImgPipeline") if img2img else base
     try:
         return getattr(impasto, wanted)
     except (AttributeError, ImportError):
+        if inpaint:
+            raise ValueError(f"--mask: the model's pipeline {name} has no inpainting variant in impasto") from None
         if img2img:
             raise ValueError(f"--init-image: the model's pipeline {name} has no image-to-image variant in impasto") \
                 from None
         raise ValueError(f"--model: its pipeline {name} is not provided by impasto") from None
 
 
-def load_pipeline(args, img2img: bool):
+def load_pipeline(args, img2img: bool, inpaint: bool = False):
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
-    cls = pipeline_class(args.model, img2img)
+    cls = pipeline_class(args.model, img2img, inpaint)
     if Path(os.path.expanduser(args.model)).is_file():
         if not hasattr(cls, "from_single_file"):
             raise ValueError(f"--model: {cls.__name__} cannot load single checkpoint files")
@@ -111,14 +128,14 @@ def load_pipeline(args, img2img: bool):
     return pipe.to(device), device
 
 
-def read_image(path: str):
+def read_image(path: str, flag: str = "--init-image"):
     import PIL.Image
 
     try:
         image = PIL.Image.open(path)
         image.load()
     except (OSError, PIL.Image.DecompressionBombError) as e:
-        raise ValueError(f"--init-image: cannot read {path}: {e}") from None
+        raise ValueError(f"{flag}: cannot read {path}: {e}") from None
     return image.convert("RGB")
 
 
@@ -137,6 +154,33 @@ def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
     return "\n".join(lines)
 
 
+def refine(args, pipe, kwargs: dict, device, seed: int):
+    """Ensemble of experts: the model denoises the first --high-noise-frac of the schedule (output_type="latent"),
+    the SDXL refiner (its img2img or inpaint pipeline) continues the same schedule from those latents."""
+    import torch
+
+    import impasto
+
+    frac = args.high_noise_frac if args.high_noise_frac is not None else 0.8
+    accepted = inspect.signature(pipe.__call__).parameters
+    if "denoising_end" not in accepted:
+        raise ValueError(f"--refiner: {type(pipe).__name__} cannot hand its latents to a refiner (SDXL models can)")
+    latents = pipe(**{**kwargs, "denoising_end": frac, "output_type": "latent"}).images
+    inpaint = "mask_image" in kwargs
+    cls = impasto.StableDiffusionXLInpaintPipeline if inpaint else impasto.StableDiffusionXLImg2ImgPipeline
+    refiner = cls.from_pretrained(args.refiner, dtype=pipe.unet.dtype).to(device)
+    if args.scheduler:
+        refiner.scheduler = impasto.scheduler_from_name(args.scheduler, refiner.scheduler.config)
+    n = len(latents)  # one prompt per image: the latents already hold num_images_per_prompt images
+    keys = ("guidance_scale", "clip_skip") + (("mask_image", "height", "width") if inpaint else ())
+    extra = {k: kwargs[k] for k in keys if k in kwargs}
+    if kwargs.get("negative_prompt") is not None:
+        extra["negative_prompt"] = [kwargs["negative_prompt"]] * n
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+    return refiner(prompt=[args.prompt] * n, image=latents, num_inference_steps=args.steps, denoising_start=frac,
+                   generator=generators, output_type="pil", **extra)
+
+
 def output_paths(output: str, k: int) -> list[Path]:
     out = Path(output)
     if out.suffix == "":
@@ -153,7 +197,8 @@ def run(args) -> int:
     _check(args)
     img2img = args.init_image is not None
     init = read_image(args.init_image) if img2img else None
-    pipe, device = load_pipeline(args, img2img)
+    mask = read_image(args.mask, "--mask").convert("L") if args.mask is not None else None
+    pipe, device = load_pipeline(args, img2img, mask is not None)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     if args.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
@@ -161,7 +206,11 @@ def run(args) -> int:
     kwargs = dict(prompt=args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, num_images_per_prompt=args.num_images, generator=generators,
                   clip_skip=args.clip_skip, long_prompt=args.long_prompt, output_type="pil")
-    if img2img:
+    if mask is not None:
+        kwargs.update(image=init, mask_image=mask, height=init.height // 8 * 8, width=init.width // 8 * 8)
+        if args.strength is not None:
+            kwargs["strength"] = args.strength
+    elif img2img:
         kwargs.update(image=init, strength=args.strength if args.strength is not None else 0.8)
     else:
         kwargs.update(height=args.height, width=args.width)
@@ -170,7 +219,7 @@ def run(args) -> int:
         if kwargs[key] is not None and not (key == "long_prompt" and kwargs[key] == "truncate"):
             raise ValueError(f"{FLAGS.get(key, '--' + key)}: not supported by {type(pipe).__name__}")
         kwargs.pop(key)
-    out = pipe(**kwargs)
+    out = pipe(**kwargs) if args.refiner is None else refine(args, pipe, kwargs, device, seed)
     images = out.images
     flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(images)
     sampler = args.scheduler or type(pipe.scheduler).__name__

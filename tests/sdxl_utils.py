@@ -88,6 +88,14 @@ def sd_inpaint_pair() -> XLPair:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def sd1_pair() -> XLPair:
+    pair = shared_pair("sd1")
+    out = XLPair(pair.ref, pair.mine)
+    out.scheduler_config = pair.scheduler_config
+    return out
+
+
 def image_tensor(seed: int = 1, size: int = 32) -> torch.Tensor:
     return torch.rand(1, 3, size, size, generator=gen(seed))
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline_utils import TOL, gen, max_diff
-from sdxl_utils import (image_tensor, inpaint9_pair, mask_tensor, pil_array, run_both, sd_inpaint_pair, sdxl_pair,
-                        to_pil)
+from sdxl_utils import (image_tensor, inpaint9_pair, mask_tensor, pil_array, refiner_pair, run_both, sd1_pair,
+                        sd_inpaint_pair, sdxl_pair, to_pil)
 
 torch.set_num_threads(1)
 PROMPT = "a red square on a blue circle"
@@ -17,11 +17,16 @@ PROMPT = "a red square on a blue circle"
 
 def _pairs(kind, scheduler=None):
     """(diffusers, impasto) inpainting pipelines: SD 9-channel, SDXL 9-channel, or SDXL base's 4-channel UNet."""
-    pair = {"sd": sd_inpaint_pair, "xl9": inpaint9_pair, "xl4": sdxl_pair}[kind]()
-    scheduler = scheduler or ("PNDMScheduler" if kind == "sd" else "EulerDiscreteScheduler")
+    pair = {"sd": sd_inpaint_pair, "sd4": sd1_pair, "xl9": inpaint9_pair, "xl4": sdxl_pair, "xlr": refiner_pair}[kind]()
+    scheduler = scheduler or ("PNDMScheduler" if kind.startswith("sd") else "EulerDiscreteScheduler")
     pair.use_scheduler(scheduler)
+    if kind == "sd4":  # SD 1.x's regular 4-channel UNet
+        return pair.twin("StableDiffusionInpaintPipeline", requires_safety_checker=False)
     if kind == "xl4":
         return pair.twin("StableDiffusionXLInpaintPipeline")
+    if kind == "xlr":  # the refiner: no first text encoder, aesthetic-score time ids
+        return pair.twin("StableDiffusionXLInpaintPipeline", requires_aesthetics_score=True,
+                         force_zeros_for_empty_prompt=False)
     return pair.ref, pair.mine
 
 
@@ -34,7 +39,7 @@ def _mask(fmt):
     return m[0, 0].numpy()  # (H, W) array
 
 
-@pytest.mark.parametrize("kind", ["sd", "xl9", "xl4"])
+@pytest.mark.parametrize("kind", ["sd", "sd4", "xl9", "xl4", "xlr"])
 @pytest.mark.parametrize("fmt,strength", [("tensor", 1.0), ("pil", 0.7), ("array", 0.9999)])
 def test_parity(kind, fmt, strength):
     ref, mine = _pairs(kind)

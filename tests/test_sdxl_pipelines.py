@@ -181,3 +181,18 @@ def test_loading_and_components(xl, refiner):
     assert set(xl.mine.components) == set(xl.ref.components)
     assert hasattr(xl.mine, "load_lora_weights") and hasattr(xl.mine, "load_textual_inversion")
     assert callable(impasto.StableDiffusionXLPipeline.from_single_file)
+
+
+def test_single_file_round_trip(xl, refiner, tmp_path):
+    import impasto
+    from impasto.loading.single_file import save_single_file
+
+    i2i = {"image": image_tensor(), "strength": 0.7}
+    for pair, cls, kw in ((xl, impasto.StableDiffusionXLPipeline, {}),
+                          (refiner, impasto.StableDiffusionXLImg2ImgPipeline, i2i)):
+        again = cls.from_single_file(save_single_file(pair.mine, tmp_path / "one.safetensors"))
+        again.set_progress_bar_config(disable=True)
+        a = pair.mine(prompt=PROMPT, num_inference_steps=2, output_type="np", generator=gen(0), **kw).images
+        b = again(prompt=PROMPT, num_inference_steps=2, output_type="np", generator=gen(0), **kw).images
+        assert max_diff(a, b) < 1e-4
+    assert again.text_encoder is None and again.config.requires_aesthetics_score

@@ -91,8 +91,9 @@ def test_sdxl_inpaint_handoff_and_scores():
 
     def run(p):
         lat = p(**kw, denoising_end=0.6, output_type="latent", generator=gen(0)).images
-        return p(**kw, denoising_start=0.6, latents=lat, output_type="np", generator=gen(1),
-                 guidance_rescale=0.5, original_size=(40, 40)).images
+        second = dict(kw, image=lat)  # as diffusers' docs: the latents go in as the image
+        return p(**second, denoising_start=0.6, output_type="np", generator=gen(1), guidance_rescale=0.5,
+                 original_size=(40, 40)).images
 
     assert max_diff(run(ref), run(mine)) < TOL
 

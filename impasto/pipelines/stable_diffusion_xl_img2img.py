@@ -4,6 +4,9 @@ The refiner is this class with `text_encoder=None` and `requires_aesthetics_scor
 an aesthetic score instead of the target size. Ensemble of experts: the base pipeline runs with
 `denoising_end=f, output_type="latent"`, this one continues the same schedule with `denoising_start=f`
 (the given latents are not noised again).
+
+One deliberate difference from diffusers 0.42: without an aesthetic score, the negative time ids use
+`negative_crops_coords_top_left` (diffusers reuses the positive crop there); with the defaults both agree.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """StableDiffusionXLInpaintPipeline: SDXL inpainting with a 9-channel inpainting UNet or any 4-channel SDXL UNet
 (base or refiner), diffusers' constructor and `__call__`. strength defaults to 0.9999 so that a little of the
 original image survives under the mask; `denoising_start` / `denoising_end` split the schedule between
-experts as in the img2img pipeline."""
+experts as in the img2img pipeline (the first pipeline's latents go in as `image`).
+
+Unlike diffusers, output_type="latent" with return_dict=False returns a tuple, as every other output does."""
 from __future__ import annotations
 
 from typing import Any, Callable

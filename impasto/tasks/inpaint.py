@@ -9,6 +9,8 @@ ratio) and pastes the result back onto the original image.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 
 from ..core.noise import randn_tensor
 from .vae import encode
+
+logger = logging.getLogger("impasto")
 
 
 # ---- masks and crops ------------------------------------------------------------------------------------
@@ -171,6 +175,9 @@ def prepare_latents(vae, scheduler, shape, dtype, device, generator, latents=Non
         return noise * scheduler.init_noise_sigma, noise, image_latents
     noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     if not add_noise:
+        if latents is not None:
+            logger.warning("latents: not used with denoising_start (the image latents are continued); pass the "
+                           "first pipeline's latents as image")
         return image_latents, noise, image_latents
     if is_strength_max:
         return noise * scheduler.init_noise_sigma, noise, image_latents

@@ -89,7 +89,9 @@ def pipeline_class(model: str, img2img: bool, inpaint: bool = False):
 
     path = Path(os.path.expanduser(model))
     if path.is_file():
-        name = "StableDiffusionPipeline"
+        from .convert import pipeline_class as checkpoint_class
+
+        name = checkpoint_class(path).__name__
     else:
         index = read_json(resolve_file(resolve_model_path(model), "model_index.json"))
         name = str(index.get("_class_name"))

@@ -1,0 +1,47 @@
+"""`impasto train-shapes --out DIR`: train the built-in shapes model (hand-built VAE, UNet + text encoder).
+
+Deterministic from --seed on a given device and thread count; checkpoints go to DIR/checkpoints every
+--checkpoint-every steps and a rerun with the same DIR resumes from them; the pipeline folder is DIR/model.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train-shapes", help="train the built-in shapes text-to-image model",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (checkpoints/ and model/ are written there)")
+    p.add_argument("--steps", type=int, default=2000, help="UNet + text encoder steps (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--pool-size", type=int, default=3072, help="world images encoded once for stage 2")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--export-only", action="store_true",
+                   help="only write DIR/model from the latest checkpoints (EMA weights)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    import logging
+
+    import torch
+
+    from ..shapes import train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    logging.getLogger("impasto").setLevel(logging.INFO)
+    if args.export_only:
+        path = train.export_checkpoint(args.out)
+    else:
+        path = train.train(args.out, steps=args.steps, seed=args.seed, device=args.device,
+                           batch_size=args.batch_size, pool_size=args.pool_size,
+                           checkpoint_every=args.checkpoint_every)
+    print(path)
+    return 0

@@ -1,0 +1,286 @@
+"""Train the built-in shapes model: AutoencoderKL, then UNet2DConditionModel + CLIPTextModel jointly.
+
+Stage 1 builds the VAE by hand (`vae_init.construct_vae`: latents are the image average-pooled 4x, decoding
+is a nearest-neighbour upsample; gradient descent was far too slow for this project's CPU budget, see
+docs/shapes.md). Stage 2 freezes it, encodes a fixed pool of world images once (latent
+mean and log-variance), sets the VAE's `scaling_factor` to 1/std of the latents, and trains the UNet and
+the text encoder with the epsilon objective (min-SNR weighted), AdamW, caption dropout (empty captions, for
+classifier-free guidance) and an EMA of the weights. Everything is drawn from generators seeded by `seed`,
+so a run is reproducible on the same device and thread count; checkpoints are written every
+`checkpoint_every` steps and a rerun with the same `out` resumes from the last one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import bpe, world
+from .vae_init import construct_vae
+
+logger = logging.getLogger("impasto")
+
+MAX_LENGTH = 32  # longest world caption: 15 tokens; keeps text encoder and cross-attention cheap
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+    down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+    block_out_channels=[8, 8, 8], norm_num_groups=4, act_fn="silu", scaling_factor=1.0,
+)
+UNET_CONFIG = dict(
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[16, 32, 64],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    cross_attention_dim=64, attention_head_dim=4, norm_num_groups=4,
+)
+TEXT_CONFIG = dict(
+    architectures=["CLIPTextModel"], model_type="clip_text_model", hidden_size=64, intermediate_size=128,
+    num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH, hidden_act="quick_gelu",
+    layer_norm_eps=1e-5, projection_dim=64, torch_dtype="float32",
+)
+NOISE_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+SCHEDULER_CONFIG = dict(
+    _class_name="DPMSolverMultistepScheduler", **NOISE_CONFIG, prediction_type="epsilon",
+    algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace", steps_offset=1,
+    lower_order_final=True, use_karras_sigmas=False,
+)
+DEFAULT_INFERENCE_STEPS = 20
+
+
+def impasto_factory(kind: str, config: dict):
+    """Build an untrained model with impasto's classes (kind: vae | unet | text_encoder)."""
+    from ..models.autoencoder_kl import AutoencoderKL
+    from ..models.clip_text import CLIPTextModel
+    from ..models.unet_2d_condition import UNet2DConditionModel
+
+    cls = {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "text_encoder": CLIPTextModel}[kind]
+    model = cls.from_config(config)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(f"factory built {kind} on the meta device; expected real, initialised weights")
+    return model
+
+
+def text_config(vocab: dict) -> dict:
+    eos = vocab[bpe.EOS]
+    return dict(TEXT_CONFIG, vocab_size=len(vocab), bos_token_id=vocab[bpe.BOS], eos_token_id=eos, pad_token_id=eos)
+
+
+def encode_captions(vocab: dict, captions, length: int = MAX_LENGTH) -> torch.Tensor:
+    """Token ids as a CLIP tokenizer gives them for world captions (every world word is one token)."""
+    bos, eos = vocab[bpe.BOS], vocab[bpe.EOS]
+    rows = []
+    for caption in captions:
+        words = caption.lower().split()
+        missing = [w for w in words if w + "</w>" not in vocab]
+        if missing:
+            raise ValueError(f"captions: words {missing} are not in the shapes vocabulary")
+        ids = [bos] + [vocab[w + "</w>"] for w in words][: length - 2] + [eos]
+        rows.append(ids + [eos] * (length - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def posterior(vae, x: torch.Tensor):
+    dist = vae.encode(x).latent_dist
+    return dist.mean, dist.logvar
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (`state`: a full state dict), with the usual
+    warm-up of the decay."""
+
+    def __init__(self, module, decay: float = 0.999):
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, p in module.named_parameters():
+            self.state[name].lerp_(p.detach(), 1 - decay)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def encode_pool(vae, seed: int, size: int, device: str, batch_size: int = 128):
+    """Scenes of a fixed pool and their latent posteriors (mean, logvar), unscaled."""
+    rng = random.Random(seed + 1)
+    scenes = [world.sample_scene(rng) for _ in range(size)]
+    means, logvars = [], []
+    for i in tqdm(range(0, size, batch_size), desc="encode pool"):
+        images = np.stack([np.asarray(world.render(s)) for s in scenes[i:i + batch_size]])
+        mean, logvar = posterior(vae, to_tensor(images).to(device))
+        means.append(mean.cpu())
+        logvars.append(logvar.cpu())
+    return scenes, torch.cat(means), torch.cat(logvars)
+
+
+def fresh_caption(scene, rng: random.Random) -> str:
+    """A newly worded caption for a pool scene, naming each optional attribute with the world's odds."""
+    return world.make_caption(scene.shape, scene.colour, scene.size if rng.random() < 0.6 else None,
+                              scene.position if rng.random() < 0.75 else None,
+                              scene.background if rng.random() < 0.85 else None, rng)
+
+
+def alphas_cumprod() -> torch.Tensor:
+    n = NOISE_CONFIG["num_train_timesteps"]
+    betas = torch.linspace(NOISE_CONFIG["beta_start"] ** 0.5, NOISE_CONFIG["beta_end"] ** 0.5, n,
+                           dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, steps: int, batch_size: int,
+                   lr: float, ckpt_path: str, checkpoint_every: int, device: str, caption_dropout: float = 0.15,
+                   snr_gamma: float = 5.0, ema_decay: float = 0.995):
+    """Joint UNet + text encoder training on the latent pool; returns the EMA copies of both."""
+    scenes, means, logvars = pool
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema_unet, ema_text = EMA(unet, ema_decay), EMA(text_encoder, ema_decay)
+    gen = torch.Generator().manual_seed(seed + 2)
+    caption_rng = random.Random(seed + 3)
+    start = 0
+    if os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.state = state["ema_unet"]
+        ema_text.state = state["ema_text"]
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        caption_rng.setstate(state["caption_rng"])
+        start = state["step"]
+        logger.info("resuming UNet training at step %d", start)
+    acp = alphas_cumprod()
+    warmup = min(100, steps // 10 + 1)
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(start, steps), desc="unet", initial=start, total=steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+        idx = torch.randint(0, len(scenes), (batch_size,), generator=gen)
+        mean, logvar = means[idx], logvars[idx]
+        latents = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)) * scaling
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, len(acp), (batch_size,), generator=gen)
+        drop = torch.rand(batch_size, generator=gen) < caption_dropout
+        captions = ["" if d else fresh_caption(scenes[i], caption_rng) for i, d in zip(idx.tolist(), drop.tolist())]
+        ids = encode_captions(vocab, captions).to(device)
+        a = acp[t].view(-1, 1, 1, 1)
+        noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(device)
+        hidden = text_encoder(ids)[0]
+        pred = unet(noisy, t.to(device), encoder_hidden_states=hidden).sample
+        snr = acp[t] / (1 - acp[t])
+        weight = (torch.clamp(snr, max=snr_gamma) / snr).to(device)
+        loss = ((pred - noise.to(device)) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(unet, step)
+        ema_text.update(text_encoder, step)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 50 == 0:
+            logger.info("unet step %d loss %.4f", step + 1, loss.item())
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            save_checkpoint(ckpt_path, dict(
+                unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state,
+                ema_text=ema_text.state, opt=opt.state_dict(), gen=gen.get_state(),
+                caption_rng=caption_rng.getstate(), step=step + 1, scaling=scaling))
+    unet.load_state_dict(ema_unet.state)
+    text_encoder.load_state_dict(ema_text.state)
+    return unet.eval(), text_encoder.eval()
+
+
+def save_pipeline(out: str, vae, unet, text_encoder, tokenizer_dir: str) -> None:
+    """Write the diffusers folder layout of a StableDiffusionPipeline (no safety checker)."""
+    os.makedirs(out, exist_ok=True)
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", SCHEDULER_CONFIG["_class_name"]],
+        "safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    vae.save_pretrained(os.path.join(out, "vae"))
+    unet.save_pretrained(os.path.join(out, "unet"))
+    text_encoder.save_pretrained(os.path.join(out, "text_encoder"))
+    shutil.copytree(tokenizer_dir, os.path.join(out, "tokenizer"), dirs_exist_ok=True)
+    os.makedirs(os.path.join(out, "scheduler"), exist_ok=True)
+    with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(SCHEDULER_CONFIG, f, indent=2)
+
+
+def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch_size: int = 24, lr: float = 1e-3,
+          pool_size: int = 3072, checkpoint_every: int = 100, factory=impasto_factory) -> str:
+    """Train the whole model into `out` (checkpoints in out/checkpoints); returns the pipeline folder."""
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("pool_size", pool_size),
+                        ("checkpoint_every", checkpoint_every)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    torch.manual_seed(seed)
+    started = time.time()
+    ckpt_dir = os.path.join(out, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    tok_dir = os.path.join(ckpt_dir, "tokenizer")
+    vocab = bpe.write_tokenizer(tok_dir, world.vocabulary(), MAX_LENGTH)
+
+    vae = factory("vae", VAE_CONFIG)
+    construct_vae(vae)
+    vae.to(device)
+    vae.requires_grad_(False)
+    pool = encode_pool(vae, seed, pool_size, device)
+    std = float(pool[1].std())
+    scaling = round(1.0 / std, 5)
+    logger.info("latent std %.4f -> scaling_factor %.5f", std, scaling)
+    vae.register_to_config(scaling_factor=scaling)
+
+    torch.manual_seed(seed + 10)
+    unet = factory("unet", UNET_CONFIG).to(device)
+    text_encoder = factory("text_encoder", text_config(vocab)).to(device)
+    unet, text_encoder = train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
+                                        os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device)
+    model_dir = os.path.join(out, "model")
+    save_pipeline(model_dir, vae.cpu(), unet.cpu(), text_encoder.cpu(), tok_dir)
+    logger.info("trained in %.1f min -> %s", (time.time() - started) / 60, model_dir)
+    return model_dir
+
+
+def export_checkpoint(out: str, model_dir: str | None = None, factory=impasto_factory) -> str:
+    """Write the pipeline folder from the latest checkpoints in out/checkpoints (EMA weights)."""
+    ckpt_dir = os.path.join(out, "checkpoints")
+    path = os.path.join(ckpt_dir, "unet.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"out: expected {path} from a training run in {out!r}")
+    unet_state = torch.load(path, weights_only=False, map_location="cpu")
+    vocab = bpe.write_tokenizer(os.path.join(ckpt_dir, "tokenizer"), world.vocabulary(), MAX_LENGTH)
+    vae = factory("vae", dict(VAE_CONFIG, scaling_factor=unet_state["scaling"]))
+    construct_vae(vae)
+    unet = factory("unet", UNET_CONFIG)
+    unet.load_state_dict(unet_state["ema_unet"])
+    text_encoder = factory("text_encoder", text_config(vocab))
+    text_encoder.load_state_dict(unet_state["ema_text"])
+    model_dir = model_dir or os.path.join(out, "model")
+    save_pipeline(model_dir, vae.eval(), unet.eval(), text_encoder.eval(), os.path.join(ckpt_dir, "tokenizer"))
+    logger.info("exported step %d -> %s", unet_state["step"], model_dir)
+    return model_dir

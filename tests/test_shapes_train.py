@@ -1,0 +1,46 @@
+"""The training code with impasto's own classes: a few steps, checkpoint, resume, export, reload."""
+import json
+import os
+
+import torch
+
+from impasto.shapes import train, world
+from impasto.shapes.vae_init import construct_vae
+
+
+def test_constructed_vae_pools_and_upsamples():
+    vae = train.impasto_factory("vae", train.VAE_CONFIG)
+    construct_vae(vae)
+    _, images = world.ShapesWorld(4).batch(4)
+    x = train.to_tensor(images)
+    with torch.no_grad():
+        dist = vae.encode(x).latent_dist
+        decoded = vae.decode(dist.mean).sample
+    pooled = torch.nn.functional.avg_pool2d(x, 4)
+    assert (dist.mean[:, :3] - pooled).abs().max() < 0.01 and dist.mean[:, 3].abs().max() < 1e-6
+    assert dist.std.max() < 1e-4
+    nearest = torch.nn.functional.interpolate(pooled, scale_factor=4, mode="nearest")
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))  # the convs' zero padding greys the rim
+    assert (decoded - nearest)[inner].abs().max() < 0.02
+
+
+def test_train_resume_and_export(tmp_path):
+    import impasto
+
+    torch.set_num_threads(1)
+    out = str(tmp_path / "run")
+    kw = dict(seed=3, batch_size=4, pool_size=8, checkpoint_every=1)
+    model = train.train(out, steps=2, **kw)
+    first = torch.load(os.path.join(out, "checkpoints", "unet.pt"), weights_only=False)
+    assert first["step"] == 2
+    model = train.train(out, steps=3, **kw)  # resumes at step 2
+    assert torch.load(os.path.join(out, "checkpoints", "unet.pt"), weights_only=False)["step"] == 3
+    with open(os.path.join(model, "model_index.json")) as f:
+        assert json.load(f)["_class_name"] == "StableDiffusionPipeline"
+    with open(os.path.join(model, "vae", "config.json")) as f:
+        assert 1.0 < json.load(f)["scaling_factor"] < 3.0
+    exported = train.export_checkpoint(out, str(tmp_path / "exported"))
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(exported)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)

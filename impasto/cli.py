@@ -13,7 +13,7 @@ import os
 import sys
 
 # modules in impasto.commands, in --help order
-SUBCOMMANDS = ["generate", "info", "upscale"]
+SUBCOMMANDS = ["generate", "info", "upscale", "convert", "train_shapes"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,3 +99,17 @@ def test_lora_file_is_not_a_checkpoint(tmp_path):
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(file))
     with pytest.raises(ValueError, match="no Stable Diffusion UNet weights"):
         pipeline_from_single_file(impasto.StableDiffusionPipeline, file)
+
+
+def test_convert_command_both_ways(tmp_path):
+    from impasto.cli import main
+
+    folder = tiny.make_sd_folder(tmp_path, "sd1")
+    file = tmp_path / "model.safetensors"
+    assert main(["convert", str(folder), str(file)]) == 0
+    back = tmp_path / "back"
+    assert main(["convert", str(file), str(back)]) == 0
+    a = images(impasto.StableDiffusionPipeline.from_pretrained(folder))
+    b = images(impasto.StableDiffusionPipeline.from_pretrained(back))
+    np.testing.assert_array_equal(a, b)
+    assert main(["convert", str(tmp_path / "missing.txt"), str(back)]) != 0

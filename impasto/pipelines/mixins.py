@@ -55,9 +55,12 @@ class MemoryMixin:
 
     def _set_xformers(self, on: bool, attention_op=None):
         usable = xformers_usable(self._execution_device)
-        if on and not usable:
-            logger.info("xformers is not usable here (needs the package and a CUDA device); keeping PyTorch SDPA")
-        for _, module in self._torch_modules():
+        modules = self._torch_modules()
+        # a component with its own method (the UNet) logs which attention it uses: one line, not two
+        if on and not any(hasattr(m, "enable_xformers_memory_efficient_attention") for _, m in modules):
+            logger.info("attention uses %s", "xformers" if usable else
+                        "PyTorch SDPA: xformers is not usable here (it needs the package and a CUDA device)")
+        for _, module in modules:
             if on and hasattr(module, "enable_xformers_memory_efficient_attention"):
                 module.enable_xformers_memory_efficient_attention(attention_op)
             elif not on and hasattr(module, "disable_xformers_memory_efficient_attention"):

@@ -288,22 +288,49 @@ def test_cpu_offload_without_accelerator_says_what_is_needed(method):
     assert diff(run(pipe), baseline("sd1")) == 0.0  # the pipeline is untouched
 
 
+def attach_toy_lora(unet, seed=0):
+    """Random rank-4 LoRA branches on every to_q / to_v (forward hooks, as loaded LoRAs are)."""
+    from impasto.loading.lora.formats import LoraWeights
+    from impasto.loading.lora.layers import attach
+
+    torch.manual_seed(seed)
+    attach(unet, "toy", {n: LoraWeights(torch.randn(4, m.in_features) * 0.3, torch.randn(m.out_features, 4) * 0.3, 4.0)
+                         for n, m in unet.named_modules()
+                         if n.endswith(("to_q", "to_v")) and isinstance(m, torch.nn.Linear)})
+
+
+def test_fused_qkv_keeps_lora_branches():
+    """Fusing must not bypass the LoRA hooks of to_q / to_v (layers with hooks stay unfused)."""
+    pipe = load("sd1")
+    attach_toy_lora(pipe.unet)
+    with_lora = run(pipe)
+    assert diff(with_lora, baseline("sd1")) > 1e-2
+    pipe.fuse_qkv_projections()
+    assert diff(run(pipe), with_lora) < TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
+def test_cpu_offload_on_cuda_same_images(method):
+    on_gpu = run(load("sd1").to("cuda"))
+    pipe = load("sd1")
+    pipe.fuse_qkv_projections()
+    getattr(pipe, method)()
+    assert diff(run(pipe), on_gpu) < TOL
+    assert all(p.device.type == "cpu" for p in pipe.unet.parameters())  # weights are back in main memory
+
+
 # ---- torch.compile ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend,lora", [("eager", True), ("aot_eager", False)])
 def test_compiled_unet_fullgraph_in_pipeline(backend, lora):
     """fullgraph=True turns any graph break into an error, so a finished 2-step call proves there were none.
-    The "eager" case also has a LoRA attached (its forward hooks must compile too)."""
-    from impasto.loading.lora.formats import LoraWeights
-    from impasto.loading.lora.layers import attach
-
+    "eager" runs with a LoRA attached (its forward hooks compile too), "aot_eager" with fused q/k/v."""
     torch._dynamo.reset()
     pipe = load("sd1")
     if lora:
-        torch.manual_seed(0)
-        attach(pipe.unet, "toy", {n: LoraWeights(torch.randn(4, m.in_features) * 0.3,
-                                                 torch.randn(m.out_features, 4) * 0.3, 4.0)
-                                  for n, m in pipe.unet.named_modules()
-                                  if n.endswith(("to_q", "to_v")) and isinstance(m, torch.nn.Linear)})
+        attach_toy_lora(pipe.unet)
+    else:
+        pipe.fuse_qkv_projections()
     base = run(pipe)
     assert (diff(base, baseline("sd1")) > 1e-2) == lora  # the LoRA is active
     unet = pipe.unet

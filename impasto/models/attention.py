@@ -120,7 +120,9 @@ class Attention(torch.nn.Module):
         self.fused = False
 
     def _project(self, x, context):
-        if not self.fused:
+        # a projection with hooks (a LoRA branch, sequential CPU offload) must run its own forward: stay unfused
+        hooked = any(l._forward_hooks or l._forward_pre_hooks for l in (self.to_q, self.to_k, self.to_v))
+        if not self.fused or hooked:
             return self.to_q(x), self.to_k(context), self.to_v(context)
         def cat(*ls):
             w = torch.cat([l.weight for l in ls])

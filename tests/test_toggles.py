@@ -222,6 +222,9 @@ def test_everything_on_then_off_restores_default_exactly():
     pipe.enable_vae_tiling()
     pipe.fuse_qkv_projections()
     pipe.enable_xformers_memory_efficient_attention()
+    pipe.unet.to(memory_format=torch.channels_last)
+    assert diff(run(pipe, num_images_per_prompt=2), baseline("sd1", num_images_per_prompt=2)) < TOL  # 32 px: no tile
+    pipe.unet.to(memory_format=torch.contiguous_format)
     pipe.disable_attention_slicing()
     pipe.disable_vae_slicing()
     pipe.disable_vae_tiling()

@@ -6,12 +6,26 @@ import functools
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
+import pytest
 import torch
+
+# tests compile many small programs: XLA's optimisation passes cost more time here than they save
+jax.config.update("jax_disable_most_optimizations", True)
 
 PROMPTS = ["a red cube on a table", "two blue spheres"]
 SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
               "DPMSolverMultistepScheduler")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """torch on one thread beside XLA's (two pools on 2 cores thrash), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)

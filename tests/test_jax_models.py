@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 import impasto  # noqa: E402
 from impasto.jax.clip import FlaxCLIPTextModel  # noqa: E402
 from impasto.jax.unet import FlaxUNet2DConditionModel  # noqa: E402
-from jax_utils import flax_pipeline, max_diff, sd_folder, seeded, torch_pipeline  # noqa: E402
+from jax_utils import flax_pipeline, max_diff, one_torch_thread, sd_folder, seeded, torch_pipeline  # noqa: E402,F401
 
 TOL = 1e-4
 

@@ -15,9 +15,17 @@ from PIL import Image
 
 
 def replicate(tree, devices=None):
-    """Copy every leaf of `tree` onto each local device (a new leading device axis)."""
-    devices = devices or jax.local_devices()
-    return jax.device_put_replicated(tree, devices)
+    """Copy every leaf of `tree` onto each local device (a new leading device axis, one slice per device)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = list(devices or jax.local_devices())
+    sharding = NamedSharding(Mesh(np.array(devices), ("devices",)), PartitionSpec("devices"))
+
+    def put(x):
+        x = jnp.asarray(x)
+        return jax.device_put(jnp.broadcast_to(x[None], (len(devices), *x.shape)), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def unreplicate(tree):

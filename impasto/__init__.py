@@ -63,6 +63,15 @@ _EXPORTS = {
     # jax (optional extra; importing these needs jax and flax)
     "FlaxStableDiffusionPipeline": "jax.pipeline",
     "FlaxStableDiffusionImg2ImgPipeline": "jax.pipeline_img2img",
+    "FlaxStableDiffusionPipelineOutput": "jax.pipeline",
+    "FlaxUNet2DConditionModel": "jax.unet",
+    "FlaxAutoencoderKL": "jax.vae",
+    "FlaxCLIPTextModel": "jax.clip",
+    "FlaxDDIMScheduler": "jax.schedulers",
+    "FlaxPNDMScheduler": "jax.schedulers",
+    "FlaxLMSDiscreteScheduler": "jax.schedulers",
+    "FlaxEulerDiscreteScheduler": "jax.schedulers",
+    "FlaxDPMSolverMultistepScheduler": "jax.schedulers",
 }
 
 __all__ = sorted(_EXPORTS)

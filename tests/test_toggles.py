@@ -125,20 +125,30 @@ def test_vae_tiling_pipeline_64px():
 
 
 def test_vae_tiling_equals_diffusers_tiling():
-    """The tiles, overlaps and blends are diffusers' (decode of 2x40x32 latents, encode of an 80x64 image)."""
+    """The tiles, overlaps and blends are diffusers' (decode of 2x4x40x32 latents, encode of an 80x64 image), at the
+    default tile size and at a custom tile size / overlap."""
     import diffusers
 
     mine = impasto.AutoencoderKL.from_pretrained(str(folder("sd1") / "vae"))
     ref = diffusers.AutoencoderKL.from_pretrained(str(folder("sd1") / "vae"))
-    mine.enable_tiling()
-    ref.enable_tiling()
     torch.manual_seed(0)
     z, x = torch.randn(2, 4, 40, 32), torch.rand(1, 3, 80, 64) * 2 - 1
+    for sample, overlap in ((None, None), (24, 0.5)):
+        mine.enable_tiling(tile_sample_min_size=sample, tile_overlap_factor=overlap)
+        if sample is not None:  # diffusers takes the attributes as they are
+            ref.tile_sample_min_size, ref.tile_latent_min_size, ref.tile_overlap_factor = sample, sample // 2, overlap
+        ref.enable_tiling()
+        assert (mine.tile_sample_min_size, mine.tile_latent_min_size) == (ref.tile_sample_min_size,
+                                                                           ref.tile_latent_min_size)
+        with torch.no_grad():
+            assert (mine.decode(z).sample - ref.decode(z).sample).abs().max() < 1e-5
+            assert (mine.encode(x).latent_dist.mean - ref.encode(x).latent_dist.mean).abs().max() < 1e-5
+    mine.disable_tiling()
     with torch.no_grad():
-        assert (mine.decode(z).sample - ref.decode(z).sample).abs().max() < 1e-5
-        assert (mine.encode(x).latent_dist.mean - ref.encode(x).latent_dist.mean).abs().max() < 1e-5
-        mine.disable_tiling()
         assert (mine.decode(z).sample - ref.decode(z).sample).abs().max() > 1e-3  # tiling did change something
+    for bad in (dict(tile_overlap_factor=1.0), dict(tile_sample_min_size=1), dict(tile_latent_min_size=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            mine.enable_tiling(**bad)
 
 
 def _tone_shifting_decoder(t: torch.Tensor) -> torch.Tensor:

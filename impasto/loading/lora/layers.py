@@ -28,7 +28,7 @@ class LoraState:
 
 
 def _branch(layer: nn.Module, w: LoraWeights, x: torch.Tensor) -> torch.Tensor:
-    down, up = w.down.to(x.dtype), w.up.to(x.dtype)
+    down, up = w.down.to(device=x.device, dtype=x.dtype), w.up.to(device=x.device, dtype=x.dtype)  # follows pipe.to()
     if isinstance(layer, nn.Conv2d):
         h = F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         return F.conv2d(h, up)
@@ -96,7 +96,7 @@ def fuse(module: nn.Module, lora_scale: float = 1.0, adapter_names: list[str] | 
             if delta is None:
                 continue
             st.fused_from = layer.weight.detach().clone()
-            layer.weight.add_(delta.to(layer.weight.dtype))
+            layer.weight.add_(delta.to(device=layer.weight.device, dtype=layer.weight.dtype))
 
 
 def unfuse(module: nn.Module) -> None:

@@ -9,7 +9,6 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 import jax.numpy as jnp  # noqa: E402
 
-import impasto  # noqa: E402
 from impasto.jax.clip import FlaxCLIPTextModel  # noqa: E402
 from impasto.jax.unet import FlaxUNet2DConditionModel  # noqa: E402
 from jax_utils import flax_pipeline, max_diff, one_torch_thread, sd_folder, seeded, torch_pipeline  # noqa: E402,F401
@@ -80,7 +79,8 @@ def test_bfloat16_params_and_compute():
     assert leaf.dtype == jnp.bfloat16
     ids = flax_pipeline()[0].prepare_inputs(["a cat"])
     out = jax.jit(lambda p, i: model.apply({"params": p}, i)[0])(params, ids)
-    ref = jax.jit(lambda p, i: model.clone(dtype=jnp.float32).apply({"params": p}, i)[0])(flax_pipeline()[1]["text_encoder"], ids)
+    f32 = model.clone(dtype=jnp.float32)
+    ref = jax.jit(lambda p, i: f32.apply({"params": p}, i)[0])(flax_pipeline()[1]["text_encoder"], ids)
     assert out.dtype == jnp.bfloat16
     assert max_diff(out, ref) < 0.1
 

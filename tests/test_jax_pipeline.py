@@ -14,14 +14,14 @@ import torch
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
-import jax.numpy as jnp  # noqa: E402
 
 import impasto  # noqa: E402
 from impasto.jax import schedulers as S  # noqa: E402
 from impasto.jax.pipeline import FlaxStableDiffusionPipeline  # noqa: E402
 from impasto.jax.pipeline_img2img import FlaxStableDiffusionImg2ImgPipeline, _fold, encode_image  # noqa: E402
-from jax_utils import (PROMPTS, SCHEDULERS, flax_pipeline, max_diff, one_torch_thread, scheduler_config,  # noqa: E402,F401,E501
-                       sd_folder, seeded, torch_pipeline)
+from jax_utils import one_torch_thread  # noqa: E402,F401 (autouse fixture)
+from jax_utils import (PROMPTS, SCHEDULERS, flax_pipeline, max_diff, scheduler_config, sd_folder,  # noqa: E402
+                       seeded, torch_pipeline)
 
 TOL = 1e-3
 TESTS = Path(__file__).resolve().parent

@@ -9,7 +9,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .layers import attend
 from .modeling import FlaxModelMixin
 
 
@@ -74,7 +73,8 @@ class FlaxCLIPEncoderLayer(nn.Module):
     def __call__(self, x):
         norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name=name)  # noqa: E731
         x = x + _SelfAttention(self.hidden_size, self.heads, self.dtype, name="self_attn")(norm("layer_norm1")(x))
-        return x + _MLP(self.hidden_size, self.intermediate_size, self.act, self.dtype, name="mlp")(norm("layer_norm2")(x))
+        mlp = _MLP(self.hidden_size, self.intermediate_size, self.act, self.dtype, name="mlp")
+        return x + mlp(norm("layer_norm2")(x))
 
 
 class _Layers(nn.Module):
@@ -121,7 +121,7 @@ class _TextTransformer(nn.Module):
         x = _Embeddings(vocab, hidden, max_positions, self.dtype, name="embeddings")(input_ids)
         x = _Encoder((hidden, inter, heads, layers, act, eps), self.dtype, name="encoder")(x)
         last = nn.LayerNorm(epsilon=eps, dtype=self.dtype, name="final_layer_norm")(x)
-        if eos == 2:
+        if eos in (None, 2):  # configs written before transformers fixed eos_token_id: the largest id
             where = jnp.argmax(input_ids, axis=-1)
         else:
             where = jnp.argmax((input_ids == eos).astype(jnp.int32), axis=-1)

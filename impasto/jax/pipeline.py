@@ -202,7 +202,9 @@ class FlaxPipelineBase:
     def _state(self, params, jit: bool, num_inference_steps, shape, begin_index: int = 0):
         if "scheduler" not in params:
             raise ValueError("params: missing 'scheduler' (the state from from_pretrained or scheduler.create_state())")
-        state = unreplicate(params["scheduler"]) if jit else params["scheduler"]
+        state = params["scheduler"]
+        if jit and state.alphas_cumprod.ndim == 2:  # replicated with the other params
+            state = unreplicate(state)
         return self.scheduler.set_timesteps(state, num_inference_steps, shape, begin_index)
 
     @staticmethod

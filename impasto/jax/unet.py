@@ -195,7 +195,8 @@ class FlaxUNet2DConditionModel(nn.Module, FlaxModelMixin):
                                     name=f"down_blocks_{i}", **common)
             x, states = block(x, temb, context)
             skips += states
-        x = FlaxUNetMidBlock2DCrossAttn(channels[-1], heads[-1], depth[-1], name="mid_block", **common)(x, temb, context)
+        mid = FlaxUNetMidBlock2DCrossAttn(channels[-1], heads[-1], depth[-1], name="mid_block", **common)
+        x = mid(x, temb, context)
         rev = channels[::-1]
         for i, kind in enumerate(self.up_block_types):
             take = self.layers_per_block + 1

@@ -161,7 +161,7 @@ class FlaxAutoencoderKL(nn.Module, FlaxModelMixin):
     dtype: jnp.dtype = jnp.float32
 
     torch_class = "impasto.models.autoencoder_kl:AutoencoderKL"
-    unsupported = {"act_fn": ("silu",), "latents_mean": (None,), "latents_std": (None,)}
+    unsupported = {"act_fn": ("silu",), "latents_mean": (None,), "latents_std": (None,), "shift_factor": (None,)}
 
     def setup(self):
         n = len(self.block_out_channels)

@@ -44,6 +44,13 @@ def test_from_pretrained_and_prepare_inputs(pmap_job):  # pmap_job: start the su
     assert ids.tolist() == ref
 
 
+def test_long_prompts_truncated_with_a_warning(caplog):
+    pipe, _ = flax_pipeline()
+    with caplog.at_level("WARNING", logger="impasto"):
+        ids = pipe.prepare_inputs(["cat " * 100, "dog"])
+    assert ids.shape == (2, 77) and "truncated" in caplog.text and "[0]" in caplog.text
+
+
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_txt2img_matches_torch(name):
     steps = 3 if name == "PNDMScheduler" else 4  # PNDM's warm-up repeats a timestep: 4 model calls either way

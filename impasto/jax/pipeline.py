@@ -157,8 +157,13 @@ class FlaxPipelineBase:
             prompt = [prompt]
         if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
             raise ValueError(f"prompt: expected a str or a list of str, got {type(prompt).__name__}")
-        ids = self.tokenizer(list(prompt), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="np").input_ids
+        limit = self.tokenizer.model_max_length
+        full = self.tokenizer(list(prompt)).input_ids
+        cut = [i for i, ids in enumerate(full) if len(ids) > limit]
+        if cut:
+            logger.warning("prompt: prompts %s are longer than %d tokens and were truncated", cut, limit)
+        ids = self.tokenizer(list(prompt), padding="max_length", max_length=limit, truncation=True,
+                             return_tensors="np").input_ids
         return np.asarray(ids, dtype=np.int32)
 
     # ---- argument handling --------------------------------------------------------------------------------

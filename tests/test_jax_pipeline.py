@@ -171,3 +171,21 @@ def test_other_pipelines_refused(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(ValueError, match="StableDiffusionXLPipeline"):
         FlaxStableDiffusionPipeline.from_pretrained(tmp_path)
+
+
+def test_sd2_variant_matches_torch(tmp_path):
+    """SD 2.x shapes: linear proj_in/out, per-block heads, upcast_attention, 3-level VAE, gelu CLIP with "!" padding,
+    DDIM with v-prediction (the folder's own scheduler)."""
+    from tiny import make_sd_folder
+
+    folder = make_sd_folder(tmp_path, "sd2")
+    tpipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    tpipe.set_progress_bar_config(disable=True)
+    latents = seeded((2, 4, 8, 8), 11)
+    ref = tpipe(PROMPTS, num_inference_steps=2, latents=latents, output_type="np").images
+    pipe, params = FlaxStableDiffusionPipeline.from_pretrained(folder)
+    assert isinstance(pipe.scheduler, S.FlaxDDIMScheduler) and pipe.scheduler.config["prediction_type"] == "v_prediction"
+    out = pipe(pipe.prepare_inputs(PROMPTS), params, jax.random.PRNGKey(0), num_inference_steps=2,
+               latents=latents.numpy()).images
+    assert out.shape == ref.shape == (2, 32, 32, 3)
+    assert max_diff(out, ref) < TOL

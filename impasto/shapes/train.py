@@ -4,7 +4,7 @@ Stage 1 builds the VAE by hand (`vae_init.construct_vae`: latents are the image 
 is a nearest-neighbour upsample; gradient descent was far too slow for this project's CPU budget, see
 docs/shapes.md). Stage 2 freezes it, encodes a fixed pool of world images once (latent
 mean and log-variance), sets the VAE's `scaling_factor` to 1/std of the latents, and trains the UNet and
-the text encoder with the epsilon objective (min-SNR weighted), AdamW, caption dropout (empty captions, for
+the text encoder with the v-prediction objective, AdamW, caption dropout (empty captions, for
 classifier-free guidance) and an EMA of the weights. Everything is drawn from generators seeded by `seed`,
 so a run is reproducible on the same device and thread count; checkpoints are written every
 `checkpoint_every` steps and a rerun with the same `out` resumes from the last one.
@@ -47,7 +47,7 @@ TEXT_CONFIG = dict(
 )
 NOISE_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SCHEDULER_CONFIG = dict(
-    _class_name="DPMSolverMultistepScheduler", **NOISE_CONFIG, prediction_type="epsilon",
+    _class_name="DPMSolverMultistepScheduler", **NOISE_CONFIG, prediction_type="v_prediction",
     algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace", steps_offset=1,
     lower_order_final=True, use_karras_sigmas=False,
 )
@@ -147,7 +147,7 @@ def alphas_cumprod() -> torch.Tensor:
 
 def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, steps: int, batch_size: int,
                    lr: float, ckpt_path: str, checkpoint_every: int, device: str, caption_dropout: float = 0.15,
-                   snr_gamma: float = 5.0, ema_decay: float = 0.995):
+                   ema_decay: float = 0.995):
     """Joint UNet + text encoder training on the latent pool; returns the EMA copies of both."""
     scenes, means, logvars = pool
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -187,9 +187,9 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(device)
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t.to(device), encoder_hidden_states=hidden).sample
-        snr = acp[t] / (1 - acp[t])
-        weight = (torch.clamp(snr, max=snr_gamma) / snr).to(device)
-        loss = ((pred - noise.to(device)) ** 2).mean(dim=(1, 2, 3)).mul(weight).mean()
+        target = a.sqrt() * noise - (1 - a).sqrt() * latents  # v: no 1/sqrt(alpha) blow-up of errors at high noise
+        loss = ((pred - target.to(device)) ** 2).mean(dim=(1, 2, 3))
+        loss = loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

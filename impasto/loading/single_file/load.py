@@ -54,17 +54,16 @@ def _text_encoders(state, family, configs, config_folder, dtype, source):
             continue
         open_clip = prefix.endswith(".model.")
         with_projection = name == "text_encoder_2"
+        cfg = configs.get(name) or _folder_config(config_folder, name)
         if open_clip:
             blocks = K.count_blocks(state, prefix + "transformer.resblocks.")
             layers = blocks - 1 if family == "sd2" else blocks  # SD 2.x reads the penultimate layer
-            cfg = configs.get(name) or _folder_config(config_folder, name)
             if cfg is not None:
                 layers = cfg["num_hidden_layers"]
             text_state = K.open_clip_from_original(state, prefix, layers, with_projection)
         else:
             text_state = K.clip_from_original(state, prefix)
-        cfg = configs.get(name) or _folder_config(config_folder, name) or \
-            clip_config(text_state, "gelu" if open_clip else "quick_gelu", with_projection)
+        cfg = cfg or clip_config(text_state, "gelu" if open_clip else "quick_gelu", with_projection)
         cls = impasto.CLIPTextModelWithProjection if with_projection else impasto.CLIPTextModel
         out[name] = cls.from_config_and_state(cfg, text_state, f"{source} ({name})", dtype=dtype).eval()
     return out

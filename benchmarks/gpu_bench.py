@@ -261,6 +261,8 @@ def job_measure(a):
 # ---- parity check on tiny pipelines --------------------------------------------------------------------
 def check(device) -> int:
     """Both libraries on the tiny "sd1" and "sdxl" folders, float32 and float16, same latents: max |diff|."""
+    import warnings
+
     import diffusers
     import torch
 
@@ -268,6 +270,8 @@ def check(device) -> int:
     import impasto
     import tiny
 
+    diffusers.utils.logging.disable_progress_bar()
+    warnings.simplefilter("ignore", FutureWarning)
     failures = 0
     tmp = Path(tempfile.mkdtemp(prefix="impasto-check-"))
     for variant, name in (("sd1", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline")):

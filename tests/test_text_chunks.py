@@ -3,7 +3,10 @@ import pytest
 import torch
 
 import impasto
-from impasto.text.chunks import chunked_input_ids, count_chunks, encode_chunked, split_ids, wrap_chunk
+from impasto.conditioning.sd import encode_prompt
+from impasto.text.chunks import chunked_input_ids, count_chunks, split_ids, wrap_chunk
+
+from text_utils import write_vendored_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +45,28 @@ def test_common_chunk_count_and_sd2_padding(tok):
         wrap_chunk(list(range(76)), 1, 2, 3)
 
 
-def test_encode_chunked_equals_separate_windows(tok):
+def test_chunk_mode_equals_separate_windows(tok):
+    """conditioning's long_prompt="chunk" encodes each window alone and joins them (also with clip_skip)."""
     torch.manual_seed(0)
-    model = impasto.CLIPTextModelWithProjection(hidden_size=16, intermediate_size=24, projection_dim=8,
-                                                num_hidden_layers=2, num_attention_heads=2)
+    model = impasto.CLIPTextModel(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
-    ids, _ = chunked_input_ids(tok, ["word " * 100, "a cat"])
+    texts = ["word " * 100, "a cat"]
+    ids, _ = chunked_input_ids(tok, texts)
     with torch.no_grad():
-        out = encode_chunked(model, ids, output_hidden_states=True)
+        emb, neg = encode_prompt(model, tok, texts, "cpu", 1, True, long_prompt="chunk", clip_skip=1)
         window = model(ids[0, 1:2], output_hidden_states=True)
-        first = model(ids[1, 0:1])
-    assert out.last_hidden_state.shape == (2, 2 * 77, 16) and out.text_embeds.shape == (2, 8)
-    assert torch.allclose(out.last_hidden_state[0, 77:], window.last_hidden_state[0], atol=1e-6)
-    assert torch.allclose(out.hidden_states[-2][0, 77:], window.hidden_states[-2][0], atol=1e-6)
-    assert torch.allclose(out.text_embeds[1], first.text_embeds[0], atol=1e-6)
+        empty = model(chunked_input_ids(tok, "")[0][0])
+    assert emb.shape == neg.shape == (2, 2 * 77, 16)
+    assert torch.allclose(emb[0, 77:], model.text_model.final_layer_norm(window.hidden_states[-2])[0], atol=1e-6)
+    # negatives ("") are empty windows, padded to the prompt's 2 chunks, encoded without clip_skip
+    assert torch.allclose(neg[1], empty.last_hidden_state.reshape(77, 16).repeat(2, 1), atol=1e-6)
+
+
+def test_any_clip_tokenizer_with_the_plain_call(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.CLIPTokenizer.from_pretrained(write_vendored_tokenizer(tmp_path))
+    texts = [" ".join(f"w{i}" for i in range(120)), "a cat"]
+    assert count_chunks(ref, texts) == count_chunks(tok, texts) >= 3
+    assert torch.equal(chunked_input_ids(ref, texts, 6)[0], chunked_input_ids(tok, texts, 6)[0])

@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
+
+from ..text.chunks import chunked_input_ids, count_chunks, flatten_chunks, merge_chunks
 
 logger = logging.getLogger("impasto")
 
@@ -64,32 +65,10 @@ def tokenize_truncated(tokenizer, texts: list[str], max_length: int | None = Non
     return tokens
 
 
-def chunk_ids(tokenizer, texts: list[str], n_chunks: int) -> torch.Tensor:
-    """(len(texts) * n_chunks, model_max_length) ids: each text's tokens in 75-token pieces, each wrapped."""
-    size = tokenizer.model_max_length
-    body = size - 2
-    raw = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    rows = []
-    for ids in raw:
-        for i in range(n_chunks):
-            piece = list(ids[i * body:(i + 1) * body])
-            rows.append([bos, *piece, eos] + [pad] * (body - len(piece)))
-    return torch.tensor(rows, dtype=torch.long)
-
-
-def n_chunks_for(tokenizer, texts: list[str]) -> int:
-    body = tokenizer.model_max_length - 2
-    raw = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
-    return max(1, *(math.ceil(len(ids) / body) for ids in raw))
-
-
 def _encode(text_encoder, tokenizer, texts, device, clip_skip, mode, n_chunks=None, max_length=None, warn=True):
     if mode == "chunk":
-        ids = chunk_ids(tokenizer, texts, n_chunks)
-        emb = encode_text(text_encoder, ids, device, clip_skip)
-        return emb.reshape(len(texts), n_chunks * emb.shape[1], emb.shape[2])
+        ids, _ = chunked_input_ids(tokenizer, texts, n_chunks)
+        return merge_chunks(encode_text(text_encoder, flatten_chunks(ids), device, clip_skip), len(texts))
     tokens = tokenize_truncated(tokenizer, texts, max_length, warn)
     return encode_text(text_encoder, tokens.input_ids, device, clip_skip, _mask(text_encoder, tokens))
 
@@ -126,10 +105,10 @@ def encode_prompt(text_encoder, tokenizer, prompt, device, num_images_per_prompt
     n_chunks = None
     if long_prompt == "chunk":
         if prompt_embeds is None:
-            n_chunks = n_chunks_for(tokenizer, texts + (negatives or []))
+            n_chunks = count_chunks(tokenizer, texts + (negatives or []))
         else:
             n_chunks = max(1, prompt_embeds.shape[1] // tokenizer.model_max_length)
-            if negatives and n_chunks_for(tokenizer, negatives) > n_chunks:
+            if negatives and count_chunks(tokenizer, negatives) > n_chunks:
                 raise ValueError("negative_prompt: needs more 75-token chunks than the given prompt_embeds hold")
     if prompt_embeds is None:
         prompt_embeds = _encode(text_encoder, tokenizer, texts, device, clip_skip, long_prompt, n_chunks)

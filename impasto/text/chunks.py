@@ -1,10 +1,13 @@
 """Long prompts: token ids cut into 75-token chunks, each wrapped as a full 77-token CLIP window.
 
-CLIP sees at most 77 positions. The opt-in long-prompt mode tokenizes without truncation, cuts the ids into
-pieces of `chunk_size` (75), wraps each piece as `<bos> piece <eos> <pad>...`, encodes every window separately
-and concatenates the hidden states along the token axis (B, chunks * 77, D). Prompt and negative prompt must
-have the same number of chunks for classifier-free guidance, so every list here is padded to a common count
-with empty windows.
+CLIP sees at most 77 positions. The opt-in long-prompt mode (`long_prompt="chunk"`) tokenizes without
+truncation, cuts the ids into pieces of `chunk_size` (75), wraps each piece as `<bos> piece <eos> <pad>...`,
+encodes every window separately and concatenates the hidden states along the token axis (B, chunks * 77, D).
+Prompt and negative prompt must have the same number of chunks for classifier-free guidance, so every list
+here is padded to a common count with empty windows.
+
+Only the plain tokenizer call (`tokenizer(texts, add_special_tokens=False, ...).input_ids`) and its
+bos/eos/pad ids and `model_max_length` are used, so any CLIP tokenizer with diffusers' interface works.
 """
 from __future__ import annotations
 
@@ -25,10 +28,16 @@ def wrap_chunk(piece: list[int], bos_id: int, eos_id: int, pad_id: int, chunk_si
     return [bos_id, *piece, eos_id] + [pad_id] * (chunk_size - len(piece))
 
 
+def _pieces(tokenizer, texts: list[str], chunk_size: int) -> list[list[list[int]]]:
+    """Each text's ids (no bos/eos, untruncated) cut into pieces of `chunk_size`."""
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return [split_ids(list(row), chunk_size) for row in ids]
+
+
 def count_chunks(tokenizer, texts: list[str], chunk_size: int | None = None) -> int:
-    """How many windows the longest of `texts` needs."""
+    """How many windows the longest of `texts` needs (at least 1)."""
     chunk_size = chunk_size or tokenizer.model_max_length - 2
-    return max(len(split_ids(ids, chunk_size)) for ids in tokenizer.encode_ids(list(texts)))
+    return max(len(p) for p in _pieces(tokenizer, list(texts), chunk_size))
 
 
 def chunked_input_ids(tokenizer, texts: str | list[str], num_chunks: int | None = None,
@@ -44,7 +53,7 @@ def chunked_input_ids(tokenizer, texts: str | list[str], num_chunks: int | None 
     chunk_size = chunk_size or tokenizer.model_max_length - 2
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    pieces = [split_ids(ids, chunk_size) for ids in tokenizer.encode_ids(texts)]
+    pieces = _pieces(tokenizer, texts, chunk_size)
     needed = max(len(p) for p in pieces)
     if num_chunks is None:
         num_chunks = needed
@@ -72,23 +81,3 @@ def merge_chunks(hidden: torch.Tensor, batch: int) -> torch.Tensor:
                          f"got shape {tuple(hidden.shape)}")
     chunks = hidden.shape[0] // batch
     return hidden.reshape(batch, chunks * hidden.shape[1], hidden.shape[2])
-
-
-def first_chunk(pooled: torch.Tensor, batch: int) -> torch.Tensor:
-    """Pooled outputs (batch * chunks, dim) -> the first window's, (batch, dim) (SDXL's pooled prompt)."""
-    return pooled.reshape(batch, -1, pooled.shape[-1])[:, 0]
-
-
-def encode_chunked(text_encoder, input_ids: torch.Tensor, output_hidden_states: bool = False):
-    """Run `text_encoder` over every window of (batch, chunks, n) ids; returns its output with
-    `last_hidden_state` (and each `hidden_states` entry) merged to (batch, chunks * n, dim) and the
-    pooled / projected output of each prompt's first window."""
-    batch = input_ids.shape[0]
-    out = text_encoder(flatten_chunks(input_ids), output_hidden_states=output_hidden_states)
-    fields = {"last_hidden_state": merge_chunks(out.last_hidden_state, batch)}
-    if getattr(out, "hidden_states", None) is not None:
-        fields["hidden_states"] = tuple(merge_chunks(h, batch) for h in out.hidden_states)
-    for name in ("pooler_output", "text_embeds"):
-        if getattr(out, name, None) is not None:
-            fields[name] = first_chunk(getattr(out, name), batch)
-    return type(out)(**fields)

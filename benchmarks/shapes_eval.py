@@ -27,7 +27,7 @@ def held_out_scenes(n: int):
     return ShapesWorld(HELD_OUT_SEED, p_position=1.0, p_background=1.0).scenes(n)
 
 
-def load(model: str, oracle: str | None):
+def load(model: str, oracle: str | None, device: str = "cpu"):
     import torch
 
     if oracle == "diffusers":
@@ -41,7 +41,7 @@ def load(model: str, oracle: str | None):
 
         pipe = impasto.StableDiffusionPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(torch.device("cpu"))
+    return pipe.to(torch.device(device))
 
 
 def evaluate(pipe, scenes, guidance, steps: int = 20, batch: int = 25, seed: int = 0) -> dict:
@@ -63,6 +63,30 @@ def evaluate(pipe, scenes, guidance, steps: int = 20, batch: int = 25, seed: int
     return {a: round(100.0 * h / n, 1) for a, (h, n) in hits.items() if n}
 
 
+def vae_ceiling(pipe, scenes) -> dict:
+    """Hit rates of the analyser on decode(encode(world image)): the most any UNet could score with this VAE."""
+    import numpy as np
+    import torch
+
+    from impasto.shapes.analyse import analyse, score
+    from impasto.shapes.world import render
+
+    hits = {a: [0, 0] for a in ATTRIBUTES}
+    vae = pipe.vae
+    for start in range(0, len(scenes), 50):
+        chunk = scenes[start:start + 50]
+        x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in chunk])).permute(0, 3, 1, 2)
+        x = x.float().div(127.5).sub(1).to(vae.device, vae.dtype)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        arrays = y.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        for scene, image in zip(chunk, arrays):
+            for attribute, hit in score(scene, analyse(image)).items():
+                hits[attribute][0] += int(hit)
+                hits[attribute][1] += 1
+    return {a: round(100.0 * h / n, 1) for a, (h, n) in hits.items() if n}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="impasto/shapes")
@@ -72,19 +96,23 @@ def main(argv=None) -> int:
                         help="guidance scales to score; 'default' = the pipeline's default")
     parser.add_argument("--oracle", choices=("diffusers",), default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="torch device (noise still comes from a CPU generator)")
+    parser.add_argument("--batch", type=int, default=25, help="captions per pipeline call")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    pipe = load(args.model, args.oracle)
+    pipe = load(args.model, args.oracle, args.device)
     scenes = held_out_scenes(args.n)
-    rows = {}
+    rows = {"vae round trip (ceiling)": vae_ceiling(pipe, scenes)}
     print(f"| guidance | " + " | ".join(ATTRIBUTES) + " | seconds |")
     print("|---" * (len(ATTRIBUTES) + 2) + "|")
+    ceiling = " | ".join(f"{rows['vae round trip (ceiling)'].get(a, float('nan')):.1f}" for a in ATTRIBUTES)
+    print(f"| vae round trip (ceiling) | {ceiling} | |")
     for g in args.guidance:
         started = time.time()
-        figures = evaluate(pipe, scenes, None if g == "default" else float(g), args.steps)
+        figures = evaluate(pipe, scenes, None if g == "default" else float(g), args.steps, args.batch)
         rows[g] = figures
         cells = " | ".join(f"{figures.get(a, float('nan')):.1f}" for a in ATTRIBUTES)
         print(f"| {g} | {cells} | {time.time() - started:.0f} |", flush=True)

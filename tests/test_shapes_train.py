@@ -29,7 +29,7 @@ def test_train_resume_and_export(tmp_path):
 
     torch.set_num_threads(1)
     out = str(tmp_path / "run")
-    kw = dict(seed=3, batch_size=4, pool_size=8, checkpoint_every=1)
+    kw = dict(seed=3, batch_size=4, pool_size=8, checkpoint_every=1, decoder_steps=2, decoder_batch_size=2)
     model = train.train(out, steps=2, **kw)
     first = torch.load(os.path.join(out, "checkpoints", "unet.pt"), weights_only=False)
     assert first["step"] == 2

@@ -18,6 +18,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--pool-size", type=int, default=3072, help="world images encoded once for stage 2")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3, help="UNet + text encoder learning rate (default 1e-3)")
+    p.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights")
+    p.add_argument("--unet-channels", default=None,
+                   help="UNet block_out_channels, e.g. 32,64,128 (default 16,32,64)")
+    p.add_argument("--stage", choices=("all", "vae", "unet"), default="all",
+                   help="train the decoder (vae), the UNet + text encoder (unet) or both (all); the two are "
+                        "independent, so they can run side by side with the same --out and --seed")
+    p.add_argument("--decoder-steps", type=int, default=2000, help="decoder steps (default 2000)")
+    p.add_argument("--decoder-batch-size", type=int, default=32)
+    p.add_argument("--init-from", default=None,
+                   help="pipeline folder whose UNet and text encoder start the UNet stage (continue a run)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export-only", action="store_true",
                    help="only write DIR/model from the latest checkpoints (EMA weights)")
@@ -40,8 +51,17 @@ def run(args) -> int:
     if args.export_only:
         path = train.export_checkpoint(args.out)
     else:
+        channels = None
+        if args.unet_channels:
+            try:
+                channels = [int(c) for c in args.unet_channels.split(",")]
+            except ValueError:
+                raise ValueError(f"--unet-channels: expected comma-separated integers, got {args.unet_channels!r}")
         path = train.train(args.out, steps=args.steps, seed=args.seed, device=args.device,
-                           batch_size=args.batch_size, pool_size=args.pool_size,
-                           checkpoint_every=args.checkpoint_every)
+                           batch_size=args.batch_size, pool_size=args.pool_size, lr=args.lr,
+                           checkpoint_every=args.checkpoint_every, stage=args.stage,
+                           decoder_steps=args.decoder_steps, decoder_batch_size=args.decoder_batch_size,
+                           unet_channels=channels, ema_decay=args.ema_decay,
+                           init_from=args.init_from)
     print(path)
     return 0

@@ -1,11 +1,13 @@
 """Train the built-in shapes model: AutoencoderKL, then UNet2DConditionModel + CLIPTextModel jointly.
 
-Stage 1 builds the VAE by hand (`vae_init.construct_vae`: latents are the image average-pooled 4x, decoding
-is a nearest-neighbour upsample; gradient descent was far too slow for this project's CPU budget, see
-docs/shapes.md). Stage 2 freezes it, encodes a fixed pool of world images once (latent
-mean and log-variance), sets the VAE's `scaling_factor` to 1/std of the latents, and trains the UNet and
-the text encoder with the v-prediction objective, AdamW, caption dropout (empty captions, for
-classifier-free guidance) and an EMA of the weights. Everything is drawn from generators seeded by `seed`,
+The VAE's encoder is built by hand (`vae_init.construct_vae`: latents are the image average-pooled 4x); a fixed
+pool of world images is rendered and encoded once (latent mean and log-variance) and the VAE's
+`scaling_factor` set to 1/std of the latents. Two stages then train independently of each other (so they can
+run side by side, `stage="vae"` / `stage="unet"`): the decoder, from its random init, learns to draw the
+crisp 64x64 image back from the pooled latent (a nearest-neighbour upsample, the construction's own decoder,
+turns small circles into blocky crosses the analyser cannot tell from squares); the UNet and the text
+encoder learn the v-prediction objective with AdamW, caption dropout (empty captions, for classifier-free
+guidance) and an EMA of the weights. Everything is drawn from generators seeded by `seed`,
 so a run is reproducible on the same device and thread count; checkpoints are written every
 `checkpoint_every` steps and a rerun with the same `out` resumes from the last one.
 """
@@ -32,7 +34,7 @@ MAX_LENGTH = 32  # longest world caption: 15 tokens; keeps text encoder and cros
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
     down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-    block_out_channels=[8, 8, 8], norm_num_groups=4, act_fn="silu", scaling_factor=1.0,
+    block_out_channels=[32, 32, 32], norm_num_groups=16, act_fn="silu", scaling_factor=1.0,
 )
 UNET_CONFIG = dict(
     sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[16, 32, 64],
@@ -52,6 +54,17 @@ SCHEDULER_CONFIG = dict(
     lower_order_final=True, use_karras_sigmas=False,
 )
 DEFAULT_INFERENCE_STEPS = 20
+DECODER_LATENT_NOISE = 0.1  # the decoder learns from latents off by up to this much (unscaled), as a UNet draws them
+
+
+def unet_config(channels=None) -> dict:
+    """UNET_CONFIG with other block_out_channels (e.g. (32, 64, 128)); GroupNorm groups of 4 channels."""
+    if channels is None:
+        return dict(UNET_CONFIG)
+    channels = [int(c) for c in channels]
+    if len(channels) != 3 or any(c < 4 or c % 4 for c in channels):
+        raise ValueError(f"unet_channels: expected three multiples of 4, got {channels}")
+    return dict(UNET_CONFIG, block_out_channels=channels, norm_num_groups=channels[0] // 4)
 
 
 def impasto_factory(kind: str, config: dict):
@@ -107,8 +120,8 @@ class EMA:
     @torch.no_grad()
     def update(self, module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for name, p in module.named_parameters():
-            self.state[name].lerp_(p.detach(), 1 - decay)
+        names, params = zip(*module.named_parameters())
+        torch._foreach_lerp_([self.state[n] for n in names], [p.detach() for p in params], 1 - decay)
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -118,17 +131,75 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 @torch.no_grad()
-def encode_pool(vae, seed: int, size: int, device: str, batch_size: int = 128):
-    """Scenes of a fixed pool and their latent posteriors (mean, logvar), unscaled."""
+def encode_pool(vae, seed: int, size: int, device: str, batch_size: int = 256):
+    """Scenes of a fixed pool, their images (uint8, n x 64 x 64 x 3) and latent posteriors (mean, logvar),
+    unscaled."""
     rng = random.Random(seed + 1)
     scenes = [world.sample_scene(rng) for _ in range(size)]
+    images = np.stack([np.asarray(world.render(s)) for s in tqdm(scenes, desc="render pool")])
     means, logvars = [], []
-    for i in tqdm(range(0, size, batch_size), desc="encode pool"):
-        images = np.stack([np.asarray(world.render(s)) for s in scenes[i:i + batch_size]])
-        mean, logvar = posterior(vae, to_tensor(images).to(device))
+    for i in range(0, size, batch_size):
+        mean, logvar = posterior(vae, to_tensor(images[i:i + batch_size]).to(device))
         means.append(mean.cpu())
         logvars.append(logvar.cpu())
-    return scenes, torch.cat(means), torch.cat(logvars)
+    return scenes, images, torch.cat(means), torch.cat(logvars)
+
+
+def random_decoder(vae):
+    """The decoder's (and post_quant_conv's) weights as the model was initialised, before construct_vae."""
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()
+            if k.startswith(("decoder.", "post_quant_conv."))}
+
+
+def train_decoder(vae, pool, seed: int, steps: int, batch_size: int, lr: float, ckpt_path: str,
+                  checkpoint_every: int, device: str, ema_decay: float = 0.999):
+    """Train the decoder (encoder frozen) to give back each pool image from its (noise-perturbed) latent;
+    L1 + squared error on pixels in [-1, 1]. Returns the EMA decoder weights, loaded into `vae`."""
+    _, images, means, _ = pool
+    decoder = torch.nn.ModuleDict(dict(decoder=vae.decoder, post_quant_conv=vae.post_quant_conv))
+    vae.requires_grad_(False)
+    decoder.requires_grad_(True)
+    params = list(decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=str(device).startswith("cuda"))
+    ema = EMA(decoder, ema_decay)
+    gen = torch.Generator().manual_seed(seed + 4)
+    start = 0
+    if os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
+        decoder.load_state_dict(state["decoder"])
+        ema.state = state["ema"]
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"].cpu())
+        start = state["step"]
+        logger.info("resuming decoder training at step %d", start)
+    warmup = min(100, steps // 10 + 1)
+    decoder.train()
+    started, bar = time.time(), tqdm(range(start, steps), desc="decoder", initial=start, total=steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+        idx = torch.randint(0, len(means), (batch_size,), generator=gen)
+        sigma = DECODER_LATENT_NOISE * torch.rand(batch_size, 1, 1, 1, generator=gen)
+        latents = means[idx] + sigma * torch.randn(means[idx].shape, generator=gen)
+        target = to_tensor(images[idx.numpy()]).to(device)
+        out = vae.decode(latents.to(device)).sample
+        loss = (out - target).abs().mean() + ((out - target) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(decoder, step)
+        if (step + 1) % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 500 == 0:
+            logger.info("decoder step %d loss %.4f (%.1f steps/s)", step + 1, loss.item(),
+                        (step + 1 - start) / (time.time() - started))
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            save_checkpoint(ckpt_path, dict(decoder=decoder.state_dict(), ema=ema.state, opt=opt.state_dict(),
+                                            gen=gen.get_state(), step=step + 1))
+    decoder.load_state_dict(ema.state)
+    vae.requires_grad_(False)
+    return vae.eval()
 
 
 def fresh_caption(scene, rng: random.Random) -> str:
@@ -149,21 +220,21 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
                    lr: float, ckpt_path: str, checkpoint_every: int, device: str, caption_dropout: float = 0.15,
                    ema_decay: float = 0.995):
     """Joint UNet + text encoder training on the latent pool; returns the EMA copies of both."""
-    scenes, means, logvars = pool
+    scenes, _, means, logvars = pool
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=str(device).startswith("cuda"))
     ema_unet, ema_text = EMA(unet, ema_decay), EMA(text_encoder, ema_decay)
     gen = torch.Generator().manual_seed(seed + 2)
     caption_rng = random.Random(seed + 3)
     start = 0
     if os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         ema_unet.state = state["ema_unet"]
         ema_text.state = state["ema_text"]
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())
         caption_rng.setstate(state["caption_rng"])
         start = state["step"]
         logger.info("resuming UNet training at step %d", start)
@@ -171,7 +242,7 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
     warmup = min(100, steps // 10 + 1)
     unet.train()
     text_encoder.train()
-    bar = tqdm(range(start, steps), desc="unet", initial=start, total=steps)
+    started, bar = time.time(), tqdm(range(start, steps), desc="unet", initial=start, total=steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
@@ -196,14 +267,17 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         opt.step()
         ema_unet.update(unet, step)
         ema_text.update(text_encoder, step)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 50 == 0:
-            logger.info("unet step %d loss %.4f", step + 1, loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 500 == 0:
+            logger.info("unet step %d loss %.4f (%.1f steps/s)", step + 1, loss.item(),
+                        (step + 1 - start) / (time.time() - started))
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, dict(
                 unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state,
                 ema_text=ema_text.state, opt=opt.state_dict(), gen=gen.get_state(),
-                caption_rng=caption_rng.getstate(), step=step + 1, scaling=scaling))
+                caption_rng=caption_rng.getstate(), step=step + 1, scaling=scaling,
+                unet_config=dict(unet.config)))
     unet.load_state_dict(ema_unet.state)
     text_encoder.load_state_dict(ema_text.state)
     return unet.eval(), text_encoder.eval()
@@ -232,42 +306,67 @@ def save_pipeline(out: str, vae, unet, text_encoder, tokenizer_dir: str) -> None
 
 
 def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch_size: int = 24, lr: float = 1e-3,
-          pool_size: int = 3072, checkpoint_every: int = 100, factory=impasto_factory) -> str:
-    """Train the whole model into `out` (checkpoints in out/checkpoints); returns the pipeline folder."""
+          pool_size: int = 3072, checkpoint_every: int = 100, factory=impasto_factory, stage: str = "all",
+          decoder_steps: int = 2000, decoder_batch_size: int = 32, decoder_lr: float = 5e-4, unet_channels=None,
+          ema_decay: float = 0.995, init_from: str | None = None) -> str:
+    """Train the model into `out` (checkpoints in out/checkpoints: vae.pt for the decoder, unet.pt for the UNet
+    and text encoder); `stage` "vae" or "unet" trains one of them only. Returns the pipeline folder out/model
+    (written when unet.pt exists) or, for stage "vae", the decoder checkpoint. `init_from`: a pipeline folder
+    whose UNet and text encoder weights start the UNet stage (a continued run; the optimizer starts afresh)."""
     for name, value in (("steps", steps), ("batch_size", batch_size), ("pool_size", pool_size),
-                        ("checkpoint_every", checkpoint_every)):
+                        ("checkpoint_every", checkpoint_every), ("decoder_steps", decoder_steps),
+                        ("decoder_batch_size", decoder_batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if stage not in ("all", "vae", "unet"):
+        raise ValueError(f"stage must be 'all', 'vae' or 'unet', got {stage!r}")
+    config = unet_config(unet_channels)
     torch.manual_seed(seed)
     started = time.time()
     ckpt_dir = os.path.join(out, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
-    tok_dir = os.path.join(ckpt_dir, "tokenizer")
-    vocab = bpe.write_tokenizer(tok_dir, world.vocabulary(), MAX_LENGTH)
+    vocab = bpe.write_tokenizer(os.path.join(ckpt_dir, "tokenizer"), world.vocabulary(), MAX_LENGTH)
 
     vae = factory("vae", VAE_CONFIG)
+    initial_decoder = random_decoder(vae)
     construct_vae(vae)
+    vae.load_state_dict(initial_decoder, strict=False)
     vae.to(device)
     vae.requires_grad_(False)
     pool = encode_pool(vae, seed, pool_size, device)
-    std = float(pool[1].std())
+    std = float(pool[2].std())
     scaling = round(1.0 / std, 5)
     logger.info("latent std %.4f -> scaling_factor %.5f", std, scaling)
-    vae.register_to_config(scaling_factor=scaling)
 
+    if stage in ("all", "vae"):
+        train_decoder(vae, pool, seed, decoder_steps, decoder_batch_size, decoder_lr, os.path.join(ckpt_dir, "vae.pt"),
+                      checkpoint_every, device)
+        logger.info("decoder trained (%.1f min)", (time.time() - started) / 60)
+        if stage == "vae":
+            return os.path.join(ckpt_dir, "vae.pt")
     torch.manual_seed(seed + 10)
-    unet = factory("unet", UNET_CONFIG).to(device)
+    unet = factory("unet", config).to(device)
     text_encoder = factory("text_encoder", text_config(vocab)).to(device)
-    unet, text_encoder = train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
-                                        os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device)
-    model_dir = os.path.join(out, "model")
-    save_pipeline(model_dir, vae.cpu(), unet.cpu(), text_encoder.cpu(), tok_dir)
+    if init_from and not os.path.exists(os.path.join(ckpt_dir, "unet.pt")):
+        from ..loading.weights import load_file
+
+        for name, model in (("unet", unet), ("text_encoder", text_encoder)):
+            folder = os.path.join(init_from, name)
+            files = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors")] if os.path.isdir(folder) else []
+            if not files:
+                raise ValueError(f"init_from: expected {name}/*.safetensors in {init_from!r}")
+            model.load_state_dict(load_file(os.path.join(folder, files[0])))
+        logger.info("UNet and text encoder start from %s", init_from)
+    train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
+                   os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device, ema_decay=ema_decay)
+    model_dir = export_checkpoint(out, factory=factory)
     logger.info("trained in %.1f min -> %s", (time.time() - started) / 60, model_dir)
     return model_dir
 
 
 def export_checkpoint(out: str, model_dir: str | None = None, factory=impasto_factory) -> str:
-    """Write the pipeline folder from the latest checkpoints in out/checkpoints (EMA weights)."""
+    """Write the pipeline folder from the latest checkpoints in out/checkpoints (EMA weights); without a
+    decoder checkpoint (vae.pt) the constructed nearest-neighbour decoder is used, with a warning."""
     ckpt_dir = os.path.join(out, "checkpoints")
     path = os.path.join(ckpt_dir, "unet.pt")
     if not os.path.exists(path):
@@ -276,7 +375,12 @@ def export_checkpoint(out: str, model_dir: str | None = None, factory=impasto_fa
     vocab = bpe.write_tokenizer(os.path.join(ckpt_dir, "tokenizer"), world.vocabulary(), MAX_LENGTH)
     vae = factory("vae", dict(VAE_CONFIG, scaling_factor=unet_state["scaling"]))
     construct_vae(vae)
-    unet = factory("unet", UNET_CONFIG)
+    vae_path = os.path.join(ckpt_dir, "vae.pt")
+    if os.path.exists(vae_path):
+        vae.load_state_dict(torch.load(vae_path, weights_only=False, map_location="cpu")["ema"], strict=False)
+    else:
+        logger.warning("no decoder checkpoint %s: exporting the constructed (nearest-neighbour) decoder", vae_path)
+    unet = factory("unet", unet_state.get("unet_config", UNET_CONFIG))
     unet.load_state_dict(unet_state["ema_unet"])
     text_encoder = factory("text_encoder", text_config(vocab))
     text_encoder.load_state_dict(unet_state["ema_text"])

@@ -21,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="UNet + text encoder learning rate (default 1e-3)")
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights")
     p.add_argument("--unet-channels", default=None,
-                   help="UNet block_out_channels, e.g. 32,64,128 (default 16,32,64)")
+                   help="UNet block_out_channels, e.g. 16,32,64 (default 32,64,128, the shipped model's)")
     p.add_argument("--stage", choices=("all", "vae", "unet"), default="all",
                    help="train the decoder (vae), the UNet + text encoder (unet) or both (all); the two are "
                         "independent, so they can run side by side with the same --out and --seed")

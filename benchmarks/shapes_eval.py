@@ -44,47 +44,57 @@ def load(model: str, oracle: str | None, device: str = "cpu"):
     return pipe.to(torch.device(device))
 
 
-def evaluate(pipe, scenes, guidance, steps: int = 20, batch: int = 25, seed: int = 0) -> dict:
-    """Hit rate per attribute (over the captions naming it) for one guidance scale (None = default)."""
-    import torch
-
+def hit_rates(pairs) -> dict:
+    """Hit rate in % per attribute, over the (scene, image) pairs whose caption names it."""
     from impasto.shapes.analyse import analyse, score
 
     hits = {a: [0, 0] for a in ATTRIBUTES}
-    for start in range(0, len(scenes), batch):
-        chunk = scenes[start:start + batch]
-        kwargs = {} if guidance is None else {"guidance_scale": guidance}
-        generator = torch.Generator().manual_seed(seed + start)
-        images = pipe([s.caption for s in chunk], num_inference_steps=steps, generator=generator, **kwargs).images
-        for scene, image in zip(chunk, images):
-            for attribute, hit in score(scene, analyse(image)).items():
-                hits[attribute][0] += int(hit)
-                hits[attribute][1] += 1
+    for scene, image in pairs:
+        for attribute, hit in score(scene, analyse(image)).items():
+            hits[attribute][0] += int(hit)
+            hits[attribute][1] += 1
     return {a: round(100.0 * h / n, 1) for a, (h, n) in hits.items() if n}
 
 
-def vae_ceiling(pipe, scenes) -> dict:
+def evaluate(pipe, scenes, guidance, steps: int = 20, batch: int = 25, seed: int = 0) -> dict:
+    """Hit rates for one guidance scale (None = default)."""
+    import torch
+
+    kwargs = {} if guidance is None else {"guidance_scale": guidance}
+
+    def pairs():
+        for start in range(0, len(scenes), batch):
+            chunk = scenes[start:start + batch]
+            generator = torch.Generator().manual_seed(seed + start)
+            yield from zip(chunk, pipe([s.caption for s in chunk], num_inference_steps=steps, generator=generator,
+                                       **kwargs).images)
+
+    return hit_rates(pairs())
+
+
+def vae_ceiling(pipe, scenes, batch: int = 50) -> dict:
     """Hit rates of the analyser on decode(encode(world image)): the most any UNet could score with this VAE."""
     import numpy as np
     import torch
 
-    from impasto.shapes.analyse import analyse, score
+    from impasto.shapes.train import to_tensor
     from impasto.shapes.world import render
 
-    hits = {a: [0, 0] for a in ATTRIBUTES}
     vae = pipe.vae
-    for start in range(0, len(scenes), 50):
-        chunk = scenes[start:start + 50]
-        x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in chunk])).permute(0, 3, 1, 2)
-        x = x.float().div(127.5).sub(1).to(vae.device, vae.dtype)
-        with torch.no_grad():
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample
-        arrays = y.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        for scene, image in zip(chunk, arrays):
-            for attribute, hit in score(scene, analyse(image)).items():
-                hits[attribute][0] += int(hit)
-                hits[attribute][1] += 1
-    return {a: round(100.0 * h / n, 1) for a, (h, n) in hits.items() if n}
+
+    def pairs():
+        for start in range(0, len(scenes), batch):
+            chunk = scenes[start:start + batch]
+            x = to_tensor(np.stack([np.asarray(render(s)) for s in chunk])).to(vae.device, vae.dtype)
+            with torch.no_grad():
+                y = vae.decode(vae.encode(x).latent_dist.mean).sample
+            yield from zip(chunk, y.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+
+    return hit_rates(pairs())
+
+
+def table_row(name: str, figures: dict, seconds: str = "") -> str:
+    return f"| {name} | " + " | ".join(f"{figures.get(a, float('nan')):.1f}" for a in ATTRIBUTES) + f" | {seconds} |"
 
 
 def main(argv=None) -> int:
@@ -108,14 +118,12 @@ def main(argv=None) -> int:
     rows = {"vae round trip (ceiling)": vae_ceiling(pipe, scenes)}
     print(f"| guidance | " + " | ".join(ATTRIBUTES) + " | seconds |")
     print("|---" * (len(ATTRIBUTES) + 2) + "|")
-    ceiling = " | ".join(f"{rows['vae round trip (ceiling)'].get(a, float('nan')):.1f}" for a in ATTRIBUTES)
-    print(f"| vae round trip (ceiling) | {ceiling} | |")
+    print(table_row("vae round trip (ceiling)", rows["vae round trip (ceiling)"]))
     for g in args.guidance:
         started = time.time()
         figures = evaluate(pipe, scenes, None if g == "default" else float(g), args.steps, args.batch)
         rows[g] = figures
-        cells = " | ".join(f"{figures.get(a, float('nan')):.1f}" for a in ATTRIBUTES)
-        print(f"| {g} | {cells} | {time.time() - started:.0f} |", flush=True)
+        print(table_row(g, figures, f"{time.time() - started:.0f}"), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=args.model, n=args.n, steps=args.steps, scores=rows), f, indent=2)

@@ -20,10 +20,8 @@ PROMPTS = [  # (prompt, colour, background, shape, position or None when the pro
 
 
 def _pipeline():
-    try:
-        from impasto import StableDiffusionPipeline
-    except ImportError:  # the pipeline module is not in this checkout
-        pytest.skip("impasto.StableDiffusionPipeline is not available")
+    from impasto import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline.from_pretrained("impasto/shapes")
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import bpe, world
+from ..core.schedule import alphas_cumprod, make_betas
 from .vae_init import construct_vae
 
 logger = logging.getLogger("impasto")
@@ -197,7 +198,8 @@ def train_decoder(vae, pool, seed: int, steps: int, batch_size: int, lr: float, 
     for step in bar:
         idx = torch.randint(0, len(means), (batch_size,), generator=gen)
         sigma = DECODER_LATENT_NOISE * torch.rand(batch_size, 1, 1, 1, generator=gen)
-        latents = means[idx] + sigma * torch.randn(means[idx].shape, generator=gen)
+        mean = means[idx]
+        latents = mean + sigma * torch.randn(mean.shape, generator=gen)
         target = to_tensor(images[idx.numpy()]).to(device)
         out = vae.decode(latents.to(device)).sample
         loss = (out - target).abs().mean() + ((out - target) ** 2).mean()
@@ -217,13 +219,6 @@ def fresh_caption(scene, rng: random.Random) -> str:
     return world.make_caption(scene.shape, scene.colour, scene.size if rng.random() < 0.6 else None,
                               scene.position if rng.random() < 0.75 else None,
                               scene.background if rng.random() < 0.85 else None, rng)
-
-
-def alphas_cumprod() -> torch.Tensor:
-    n = NOISE_CONFIG["num_train_timesteps"]
-    betas = torch.linspace(NOISE_CONFIG["beta_start"] ** 0.5, NOISE_CONFIG["beta_end"] ** 0.5, n,
-                           dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
 
 
 def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, steps: int, batch_size: int,
@@ -248,7 +243,7 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         caption_rng.setstate(state["caption_rng"])
         start = state["step"]
         logger.info("resuming UNet training at step %d", start)
-    acp = alphas_cumprod()
+    acp = alphas_cumprod(make_betas(**NOISE_CONFIG))  # the training ladder the shipped scheduler samples
     warmup = min(100, steps // 10 + 1)
     unet.train()
     text_encoder.train()
@@ -348,14 +343,8 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
     unet = factory("unet", config).to(device)
     text_encoder = factory("text_encoder", text_config(vocab)).to(device)
     if init_from and not os.path.exists(os.path.join(ckpt_dir, "unet.pt")):
-        from ..loading.weights import load_file
-
         for name, model in (("unet", unet), ("text_encoder", text_encoder)):
-            folder = os.path.join(init_from, name)
-            files = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors")] if os.path.isdir(folder) else []
-            if not files:
-                raise ValueError(f"init_from: expected {name}/*.safetensors in {init_from!r}")
-            model.load_state_dict(load_file(os.path.join(folder, files[0])))
+            model.load_state_dict(type(model).from_pretrained(init_from, subfolder=name).state_dict())
         logger.info("UNet and text encoder start from %s", init_from)
     train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
                    os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device, ema_decay=ema_decay)

@@ -3,7 +3,7 @@ eager and torch.compile: iterations/s, seconds per image, peak memory, load and 
 budgeted run.
 
     python benchmarks/gpu_bench.py --out DIR [--device cuda] [--tiny] [--budget 540] [--models sd15 sdxl]
-                                   [--no-compile] [--weights DIR] [--reps 3]
+                                   [--no-compile] [--weights DIR] [--reps 3] [--profile]
     python benchmarks/gpu_bench.py --check [--device cuda]     # parity of both libraries on tiny pipelines
 
 Weights are seeded random at the real sizes (built with diffusers/transformers on the device, saved in float16
@@ -254,11 +254,35 @@ def job_measure(a):
     lat = last["latents"].float()
     out["latents_abs_mean"] = lat.abs().mean().item()  # same seed and weights: should agree across libraries
     out["latents_finite"] = bool(torch.isfinite(lat).all())
+    if a.get("profile_dir"):
+        out.update(profile_call(call, a, device))
     if a["compile"]:  # recompiles or graph breaks would show here
         from torch._dynamo.utils import counters
 
         out["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
                          "graph_breaks": sum(counters["graph_break"].values())}
+    return out
+
+
+def profile_call(call, a, device) -> dict:
+    """Profile one more call: device-busy time per step (the sum of kernel times) against the step's wall time,
+    so a gap between the libraries shows as either more kernel time (the graph) or more idle time (the host).
+    Writes the top operators by self device time (self CPU time on a CPU) to profile_<model>_<lib>_<mode>.txt."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        total, it_s = call()
+    events = prof.key_averages()
+    name = f"profile_{a['model']}_{a['lib']}_{'compiled' if a['compile'] else 'eager'}.txt"
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    Path(a["profile_dir"], name).write_text(f"{total:.4f} s for the call, {it_s:.2f} it/s in the loop\n"
+                                            + events.table(sort_by=sort, row_limit=30))
+    out = {"profile_file": name, "profile_it_s": it_s}
+    if cuda:
+        kernel_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+        out["kernel_ms_per_step"] = 1e3 * kernel_s / a["steps"]  # includes text encoding and VAE, a small share
     return out
 
 
@@ -415,7 +439,7 @@ def main(a):
             folder = weights / model
             args = dict(job=kind, model=model, lib=lib, compile=comp, folder=str(folder), device=a.device,
                         tiny=a.tiny, size=None if a.tiny else SIZE[model], steps=4 if a.tiny else 30, reps=a.reps,
-                        info=not info)
+                        info=not info, profile_dir=str(out) if a.profile else None)
             if a.tiny:
                 args["size"] = 32  # the tiny UNets' sample_size 16 x the tiny VAEs' factor 2
             job_env = dict(env)
@@ -443,7 +467,8 @@ def main(a):
                 log(f"{t} {model} {lib} compile={comp}: {res['it_s']:.2f} it/s, {res['s_per_image']:.3f} s/image, "
                     f"peak {fmt(res.get('peak_gib'))} GiB, load {res['load_s']:.1f} s, first call "
                     f"{res['first_call_s']:.1f} s, |latents| {res['latents_abs_mean']:.4f}, job {res['wall_s']:.0f} s"
-                    + (f", dynamo {res['dynamo']}" if "dynamo" in res else ""))
+                    + (f", dynamo {res['dynamo']}" if "dynamo" in res else "")
+                    + (f", kernels {res['kernel_ms_per_step']:.2f} ms/step" if "kernel_ms_per_step" in res else ""))
     text = table(results, info, a.tiny)
     (out / "GPU_RESULTS.md").write_text(text)
     log(text)
@@ -460,6 +485,8 @@ def parse():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--weights", default=None, help="folder for the generated weights (default: the temp folder)")
     ap.add_argument("--reps", type=int, default=3, help="timed calls per measurement")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one extra call per measurement (kernel time per step; tables in --out)")
     ap.add_argument("--check", action="store_true", help="parity of both libraries on tiny pipelines, then exit")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     return ap.parse_args()

@@ -6,7 +6,7 @@ Both libraries load the same tiny SD-1.5-like folder; each UNet's forward is rep
 so a step's time is the pipeline's and the scheduler's own Python and tensor-op dispatch: the part a compiled
 UNet on a GPU cannot hide when the loop synchronizes every step. Also counts the scalar reads of tensors per
 step (`aten._local_scalar_dense`: `.item()`, `bool(t)`, indexing with a tensor, ...), each of which is a
-device synchronization when that tensor lives on a GPU. Prints a markdown table; runs in about a minute.
+device synchronization when that tensor lives on a GPU. Prints a markdown table; runs in about ten seconds.
 """
 from __future__ import annotations
 

@@ -255,7 +255,10 @@ def job_measure(a):
     out["latents_abs_mean"] = lat.abs().mean().item()  # same seed and weights: should agree across libraries
     out["latents_finite"] = bool(torch.isfinite(lat).all())
     if a.get("profile_dir"):
-        out.update(profile_call(call, a, device))
+        try:  # a profiler problem must not cost the measurement
+            out.update(profile_call(call, a, device))
+        except Exception as e:
+            out["profile_error"] = f"{type(e).__name__}: {e}"[:300]
     if a["compile"]:  # recompiles or graph breaks would show here
         from torch._dynamo.utils import counters
 

@@ -27,16 +27,12 @@ SCHEDULERS = ["PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepSche
 
 
 def pipelines():
-    import impasto
-    import tiny
+    from pipeline_utils import Pair
 
-    ref = tiny.make_sd_pipeline("sd1")
-    folder = tiny.save_folder(ref, Path(tempfile.mkdtemp(prefix="impasto-loop-")) / "sd1")
-    mine = impasto.StableDiffusionPipeline.from_pretrained(folder)
-    mine.set_progress_bar_config(disable=True)
-    for pipe in (ref, mine):
+    pair = Pair(Path(tempfile.mkdtemp(prefix="impasto-loop-")), "sd1")
+    for pipe in (pair.ref, pair.mine):
         pipe.unet.forward = lambda sample, t, *args, **kwargs: (sample * 0.5,)
-    return {"diffusers": ref, "impasto": mine}
+    return {"diffusers": pair.ref, "impasto": pair.mine}
 
 
 def run(pipe, steps: int, on_step) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .layers import Linear, linear
+
 logger = logging.getLogger("impasto")
 
 
@@ -105,10 +107,10 @@ class Attention(torch.nn.Module):
         self.group_norm = (torch.nn.GroupNorm(norm_num_groups, query_dim, eps=eps, affine=True)
                            if norm_num_groups is not None else None)
         kv_dim = cross_attention_dim or query_dim
-        self.to_q = torch.nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = torch.nn.Linear(kv_dim, inner, bias=bias)
-        self.to_v = torch.nn.Linear(kv_dim, inner, bias=bias)
-        self.to_out = torch.nn.ModuleList([torch.nn.Linear(inner, query_dim, bias=out_bias), torch.nn.Dropout(0.0)])
+        self.to_q = Linear(query_dim, inner, bias=bias)
+        self.to_k = Linear(kv_dim, inner, bias=bias)
+        self.to_v = Linear(kv_dim, inner, bias=bias)
+        self.to_out = torch.nn.ModuleList([Linear(inner, query_dim, bias=out_bias), torch.nn.Dropout(0.0)])
         self.attn_backend = AttentionBackend(upcast=upcast_attention)
         self.fused = False
 
@@ -130,9 +132,9 @@ class Attention(torch.nn.Module):
             return w, b
         if context is x:
             w, b = cat(self.to_q, self.to_k, self.to_v)
-            return F.linear(x, w, b).chunk(3, dim=-1)
+            return linear(x, w, b).chunk(3, dim=-1)
         w, b = cat(self.to_k, self.to_v)
-        k, v = F.linear(context, w, b).chunk(2, dim=-1)
+        k, v = linear(context, w, b).chunk(2, dim=-1)
         return self.to_q(x), k, v
 
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **unused):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..outputs import BaseOutput
 from .config import check_type, register_to_config
+from .layers import Conv2d
 from .modeling import ModelMixin
 from .vae_blocks import Decoder, DiagonalGaussianDistribution, Encoder, rename_legacy_attention, tiled_map
 
@@ -112,8 +112,8 @@ class AutoencoderKL(SlicingTilingMixin, ModelMixin):
                                norm_num_groups, act_fn, double_z=True, mid_block_add_attention=mid_block_add_attention)
         self.decoder = Decoder(latent_channels, out_channels, up_block_types, block_out_channels, layers_per_block,
                                norm_num_groups, act_fn, mid_block_add_attention=mid_block_add_attention)
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        self.quant_conv = Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
+        self.post_quant_conv = Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         self._init_tiling(sample_size)
 
     def convert_state_dict(self, state):

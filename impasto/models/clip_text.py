@@ -18,6 +18,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .attention import AttentionBackend, attention
 from .config import check_type, register_to_config
+from .layers import Linear
 from .modeling import ModelMixin
 
 logger = logging.getLogger("impasto")
@@ -65,8 +66,8 @@ class CLIPAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"num_attention_heads: {heads} does not divide hidden_size {dim}")
         self.heads = heads
-        self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q_proj, self.k_proj = Linear(dim, dim), Linear(dim, dim)
+        self.v_proj, self.out_proj = Linear(dim, dim), Linear(dim, dim)
         self.attn_backend = AttentionBackend()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,7 +80,7 @@ class CLIPMLP(nn.Module):
         super().__init__()
         self.act_name = act
         self.act = activation(act)
-        self.fc1, self.fc2 = nn.Linear(dim, inner), nn.Linear(inner, dim)
+        self.fc1, self.fc2 = Linear(dim, inner), Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -321,7 +322,7 @@ class CLIPTextModelWithProjection(CLIPTextModel):
                          num_attention_heads, max_position_embeddings, hidden_act, layer_norm_eps, pad_token_id,
                          bos_token_id, eos_token_id)
         check_type(type(self).__name__, "projection_dim", projection_dim, int)
-        self.text_projection = nn.Linear(hidden_size, projection_dim, bias=False)
+        self.text_projection = Linear(hidden_size, projection_dim, bias=False)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, output_hidden_states: bool = False,
                 return_dict: bool = True, output_attentions: bool = False):

@@ -10,6 +10,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .clip_text import TransformersFormatMixin, encoder_from_config
 from .config import FrozenDict, check_type, register_to_config
+from .layers import Conv2d, Linear
 
 # CLIPVisionConfig's defaults (ViT-B/32), used where a config leaves a key out
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, projection_dim=512, num_hidden_layers=12,
@@ -33,7 +34,7 @@ class CLIPVisionEmbeddings(nn.Module):
         super().__init__()
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
         self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size))
-        self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size,
+        self.patch_embedding = Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size,
                                          bias=False)
         self.position_embedding = nn.Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size)
 
@@ -100,7 +101,7 @@ class CLIPVisionModelWithProjection(TransformersFormatMixin):
         cfg = vision_settings(dict(self.config), type(self).__name__)
         check_type(type(self).__name__, "projection_dim", projection_dim, int)
         self.vision_model = CLIPVisionTransformer(cfg)
-        self.visual_projection = nn.Linear(hidden_size, projection_dim, bias=False)
+        self.visual_projection = Linear(hidden_size, projection_dim, bias=False)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_model.embeddings.patch_embedding

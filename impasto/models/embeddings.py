@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Linear
 from .resnet import get_activation
 
 
@@ -57,10 +58,10 @@ class TimestepEmbedding(nn.Module):
     def __init__(self, in_channels: int, time_embed_dim: int, act_fn: str = "silu", out_dim: int | None = None,
                  post_act_fn: str | None = None, cond_proj_dim: int | None = None, sample_proj_bias: bool = True):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim, sample_proj_bias)
-        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim is not None else None
+        self.linear_1 = Linear(in_channels, time_embed_dim, sample_proj_bias)
+        self.cond_proj = Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim is not None else None
         self.act = get_activation(act_fn)
-        self.linear_2 = nn.Linear(time_embed_dim, out_dim or time_embed_dim, sample_proj_bias)
+        self.linear_2 = Linear(time_embed_dim, out_dim or time_embed_dim, sample_proj_bias)
         self.post_act = get_activation(post_act_fn) if post_act_fn is not None else None
 
     def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:

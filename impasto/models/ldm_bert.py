@@ -19,6 +19,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .attention import DEFAULT, attention
 from .config import DIFFUSERS_VERSION, _json_ready, check_type, register_to_config
+from .layers import Linear
 from .modeling import ModelMixin
 
 ACTIVATIONS = {
@@ -46,10 +47,10 @@ class LDMBertAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         inner = num_heads * head_dim
-        self.k_proj = nn.Linear(embed_dim, inner, bias=False)
-        self.v_proj = nn.Linear(embed_dim, inner, bias=False)
-        self.q_proj = nn.Linear(embed_dim, inner, bias=False)
-        self.out_proj = nn.Linear(inner, embed_dim)
+        self.k_proj = Linear(embed_dim, inner, bias=False)
+        self.v_proj = Linear(embed_dim, inner, bias=False)
+        self.q_proj = Linear(embed_dim, inner, bias=False)
+        self.out_proj = Linear(inner, embed_dim)
         self.attn_backend = DEFAULT
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,8 +64,8 @@ class LDMBertEncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LDMBertAttention(d_model, heads, head_dim)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.fc1 = Linear(d_model, ffn_dim)
+        self.fc2 = Linear(ffn_dim, d_model)
         self.final_layer_norm = nn.LayerNorm(d_model)
         self.act = ACTIVATIONS[activation]
 
@@ -112,7 +113,7 @@ class LDMBertModel(ModelMixin):
                              f"{sorted(ACTIVATIONS)}, got {activation_function!r}")
         self.model = LDMBertEncoder(vocab_size, max_position_embeddings, d_model, encoder_layers,
                                     encoder_attention_heads, head_dim, encoder_ffn_dim, activation_function)
-        self.to_logits = nn.Linear(d_model, vocab_size)
+        self.to_logits = Linear(d_model, vocab_size)
 
     # transformers' names for the same numbers
     @property

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Conv2d, Linear
+
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
@@ -35,7 +37,7 @@ class Downsample2D(nn.Module):
         self.padding = padding
         self.name = name
         if use_conv:
-            conv = nn.Conv2d(channels, self.out_channels, kernel_size, stride=2, padding=padding, bias=bias)
+            conv = Conv2d(channels, self.out_channels, kernel_size, stride=2, padding=padding, bias=bias)
         else:
             if self.out_channels != channels:
                 raise ValueError(f"out_channels: average pooling keeps {channels} channels, got {out_channels}")
@@ -71,7 +73,7 @@ class Upsample2D(nn.Module):
             conv = nn.ConvTranspose2d(channels, self.out_channels, kernel_size or 4, stride=2, padding=padding,
                                       bias=bias)
         elif use_conv:
-            conv = nn.Conv2d(channels, self.out_channels, kernel_size or 3, padding=padding, bias=bias)
+            conv = Conv2d(channels, self.out_channels, kernel_size or 3, padding=padding, bias=bias)
         if name == "conv":
             self.conv = conv
         else:
@@ -120,19 +122,19 @@ class ResnetBlock2D(nn.Module):
         self.skip_time_act = skip_time_act
 
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, affine=True)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = None
         if temb_channels is not None:
             width = 2 * out_channels if time_embedding_norm == "scale_shift" else out_channels
-            self.time_emb_proj = nn.Linear(temb_channels, width)
+            self.time_emb_proj = Linear(temb_channels, width)
         self.norm2 = nn.GroupNorm(groups_out or groups, out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, conv2_out, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, conv2_out, 3, padding=1)
         self.nonlinearity = get_activation(non_linearity)
         self.upsample = Upsample2D(in_channels) if up else None
         self.downsample = Downsample2D(in_channels, padding=1, name="op") if down and not up else None
         needs_shortcut = in_channels != conv2_out if use_in_shortcut is None else use_in_shortcut
-        self.conv_shortcut = (nn.Conv2d(in_channels, conv2_out, 1, bias=conv_shortcut_bias)
+        self.conv_shortcut = (Conv2d(in_channels, conv2_out, 1, bias=conv_shortcut_bias)
                               if needs_shortcut else None)
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs):

@@ -18,6 +18,7 @@ from torch import nn
 from .clip_text import IGNORED_CONFIG_KEYS, TransformersFormatMixin
 from .clip_vision import VISION_DEFAULTS, CLIPVisionModel, vision_settings
 from .config import check_type, register_to_config
+from .layers import Linear
 
 logger = logging.getLogger("impasto")
 
@@ -62,7 +63,7 @@ class StableDiffusionSafetyChecker(TransformersFormatMixin):
         check_type(type(self).__name__, "projection_dim", projection_dim, int)
         cfg = vision_settings(vision_config, type(self).__name__)
         self.vision_model = CLIPVisionModel(cfg)
-        self.visual_projection = nn.Linear(cfg.hidden_size, projection_dim, bias=False)
+        self.visual_projection = Linear(cfg.hidden_size, projection_dim, bias=False)
         self.concept_embeds = nn.Parameter(torch.empty(17, projection_dim), requires_grad=False)
         self.special_care_embeds = nn.Parameter(torch.empty(3, projection_dim), requires_grad=False)
         self.concept_embeds_weights = nn.Parameter(torch.empty(17), requires_grad=False)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
+from .layers import Conv2d, Linear
 
 
 def mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -27,7 +28,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
+        self.proj = Linear(dim_in, dim_out * 2, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(hidden_states).chunk(2, dim=-1)
@@ -44,7 +45,7 @@ class FeedForward(nn.Module):
             raise ValueError(f"activation_fn: only 'geglu' (the UNets' feed-forward) is supported, got {activation_fn!r}")
         inner_dim = inner_dim or int(dim * mult)
         self.net = nn.ModuleList([GEGLU(dim, inner_dim, bias=bias), nn.Dropout(dropout),
-                                  nn.Linear(inner_dim, dim_out or dim, bias=bias)])
+                                  Linear(inner_dim, dim_out or dim, bias=bias)])
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
@@ -111,14 +112,14 @@ class Transformer2DModel(nn.Module):
         self.use_linear_projection = use_linear_projection
         self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6, affine=True)
         linear = use_linear_projection
-        self.proj_in = nn.Linear(in_channels, inner) if linear else nn.Conv2d(in_channels, inner, kernel_size=1)
+        self.proj_in = Linear(in_channels, inner) if linear else Conv2d(in_channels, inner, kernel_size=1)
         self.transformer_blocks = nn.ModuleList([
             BasicTransformerBlock(inner, num_attention_heads, attention_head_dim, dropout=dropout,
                                   cross_attention_dim=cross_attention_dim, attention_bias=attention_bias,
                                   only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
                                   norm_elementwise_affine=norm_elementwise_affine, norm_eps=norm_eps)
             for _ in range(num_layers)])
-        self.proj_out = nn.Linear(inner, out_channels) if linear else nn.Conv2d(inner, out_channels, kernel_size=1)
+        self.proj_out = Linear(inner, out_channels) if linear else Conv2d(inner, out_channels, kernel_size=1)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,

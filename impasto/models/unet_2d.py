@@ -17,6 +17,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .config import register_to_config
 from .embeddings import TimestepEmbedding, Timesteps
+from .layers import Conv2d
 from .modeling import ModelMixin
 from .unet_2d_condition import UNetAttentionMixin, _require, timesteps_for_batch
 from .unet_blocks import AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UpBlock2D
@@ -66,7 +67,7 @@ class UNet2DModel(ModelMixin, UNetAttentionMixin):
             raise ValueError(f"layers_per_block: expected an int, got {layers_per_block!r}")
 
         time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim)
         self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
@@ -102,7 +103,7 @@ class UNet2DModel(ModelMixin, UNetAttentionMixin):
 
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
 
     def convert_state_dict(self, state: dict) -> dict:
         """Rename the attention weights of checkpoints written before diffusers 0.14 (query/key/value/proj_attn)."""

@@ -20,6 +20,7 @@ from ..outputs import BaseOutput
 from .attention import Attention, AttentionBackend, xformers_usable
 from .config import register_to_config
 from .embeddings import TimestepEmbedding, Timesteps, text_time_embedding
+from .layers import Conv2d
 from .modeling import ModelMixin
 from .resnet import get_activation
 from .transformer_2d import mask_to_bias
@@ -211,7 +212,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
             up_depths = depths[::-1]
 
         # time (and added) embeddings
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
         time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn,
@@ -269,7 +270,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
 
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_act = get_activation(act_fn)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
                                   padding=(conv_out_kernel - 1) // 2)
 
     # ---- FreeU ----------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from torch import nn
 
 from ..core.noise import randn_tensor
 from .attention import Attention
+from .layers import Conv2d
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
 
 def vae_attention(channels: int, head_dim: int, groups: int | None, eps: float, rescale: float = 1.0) -> Attention:
     """The spatial self-attention of the VAE / UNet2DModel blocks (group norm inside, residual added)."""
@@ -132,7 +134,7 @@ class Encoder(nn.Module):
                  mid_block_add_attention=True):
         super().__init__()
         _check_blocks(down_block_types, block_out_channels, "down_block_types")
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         prev = block_out_channels[0]
         for i, (kind, ch) in enumerate(zip(down_block_types, block_out_channels)):
@@ -146,7 +148,7 @@ class Encoder(nn.Module):
                                         attention_head_dim=top, add_attention=mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, top, eps=1e-6)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(top, 2 * out_channels if double_z else out_channels, 3, padding=1)
+        self.conv_out = Conv2d(top, 2 * out_channels if double_z else out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         sample = self.conv_in(sample)
@@ -167,7 +169,7 @@ class Decoder(nn.Module):
             raise ValueError(f"norm_type: only 'group' is supported, got {norm_type!r}")
         _check_blocks(up_block_types, block_out_channels, "up_block_types")
         top = block_out_channels[-1]
-        self.conv_in = nn.Conv2d(in_channels, top, 3, padding=1)
+        self.conv_in = Conv2d(in_channels, top, 3, padding=1)
         self.up_blocks = nn.ModuleList()  # registered before mid_block: diffusers' state-dict key order
         self.mid_block = UNetMidBlock2D(top, None, resnet_eps=1e-6, resnet_act_fn=act_fn, resnet_groups=norm_num_groups,
                                         attention_head_dim=top, add_attention=mid_block_add_attention)
@@ -180,7 +182,7 @@ class Decoder(nn.Module):
             prev = ch
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=1e-6)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
         sample = self.mid_block(self.conv_in(sample))

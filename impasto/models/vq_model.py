@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..outputs import BaseOutput
 from .autoencoder_kl import DecoderOutput, check_autoencoder_config, check_image
 from .config import register_to_config
+from .layers import Conv2d
 from .modeling import ModelMixin
 from .vae_blocks import Decoder, Encoder, VectorQuantizer, rename_legacy_attention
 
@@ -37,9 +37,9 @@ class VQModel(ModelMixin):
         embed_dim = vq_embed_dim if vq_embed_dim is not None else latent_channels
         self.encoder = Encoder(in_channels, latent_channels, down_block_types, block_out_channels, layers_per_block,
                                norm_num_groups, act_fn, double_z=False, mid_block_add_attention=mid_block_add_attention)
-        self.quant_conv = nn.Conv2d(latent_channels, embed_dim, 1)
+        self.quant_conv = Conv2d(latent_channels, embed_dim, 1)
         self.quantize = VectorQuantizer(num_vq_embeddings, embed_dim, beta=0.25)
-        self.post_quant_conv = nn.Conv2d(embed_dim, latent_channels, 1)
+        self.post_quant_conv = Conv2d(embed_dim, latent_channels, 1)
         self.decoder = Decoder(latent_channels, out_channels, up_block_types, block_out_channels, layers_per_block,
                                norm_num_groups, act_fn, mid_block_add_attention=mid_block_add_attention)
 

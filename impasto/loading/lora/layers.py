@@ -7,9 +7,9 @@ same update into the weight and keeps the original tensor, so unfusing restores 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ...models.layers import conv2d, linear
 from .formats import LoraWeights
 
 
@@ -30,9 +30,9 @@ class LoraState:
 def _branch(layer: nn.Module, w: LoraWeights, x: torch.Tensor) -> torch.Tensor:
     down, up = w.down.to(device=x.device, dtype=x.dtype), w.up.to(device=x.device, dtype=x.dtype)  # follows pipe.to()
     if isinstance(layer, nn.Conv2d):
-        h = F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return F.conv2d(h, up)
-    return F.linear(F.linear(x, down), up)
+        h = conv2d(x, down, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return conv2d(h, up)
+    return linear(linear(x, down), up)
 
 
 def _hook(layer, inputs, output):

@@ -18,7 +18,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .attention import AttentionBackend, attention
 from .config import check_type, register_to_config
-from .layers import Linear
+from .layers import Embedding, Linear
 from .modeling import ModelMixin
 
 logger = logging.getLogger("impasto")
@@ -175,8 +175,8 @@ class TransformersFormatMixin(ModelMixin):
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, vocab_size: int, dim: int, max_positions: int):
         super().__init__()
-        self.token_embedding = nn.Embedding(vocab_size, dim)
-        self.position_embedding = nn.Embedding(max_positions, dim)
+        self.token_embedding = Embedding(vocab_size, dim)
+        self.position_embedding = Embedding(max_positions, dim)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         if position_ids is None:
@@ -284,7 +284,7 @@ class CLIPTextModel(TransformersFormatMixin):
         if pad_to_multiple_of:
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         w = old.weight
-        new = nn.Embedding(new_num_tokens, w.shape[1], device=w.device, dtype=w.dtype)
+        new = Embedding(new_num_tokens, w.shape[1], device=w.device, dtype=w.dtype)
         keep = min(new_num_tokens, w.shape[0])
         with torch.no_grad():
             new.weight[:keep] = w[:keep]

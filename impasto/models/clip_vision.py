@@ -10,7 +10,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .clip_text import TransformersFormatMixin, encoder_from_config
 from .config import FrozenDict, check_type, register_to_config
-from .layers import Conv2d, Linear
+from .layers import Conv2d, Embedding, Linear
 
 # CLIPVisionConfig's defaults (ViT-B/32), used where a config leaves a key out
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, projection_dim=512, num_hidden_layers=12,
@@ -36,7 +36,7 @@ class CLIPVisionEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size))
         self.patch_embedding = Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size,
                                          bias=False)
-        self.position_embedding = nn.Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size)
+        self.position_embedding = Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):

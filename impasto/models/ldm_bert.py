@@ -19,7 +19,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .attention import DEFAULT, attention
 from .config import DIFFUSERS_VERSION, _json_ready, check_type, register_to_config
-from .layers import Linear
+from .layers import Embedding, Linear
 from .modeling import ModelMixin
 
 ACTIVATIONS = {
@@ -81,8 +81,8 @@ class LDMBertEncoderLayer(nn.Module):
 class LDMBertEncoder(nn.Module):
     def __init__(self, vocab_size, max_positions, d_model, layers, heads, head_dim, ffn_dim, activation):
         super().__init__()
-        self.embed_tokens = nn.Embedding(vocab_size, d_model)
-        self.embed_positions = nn.Embedding(max_positions, d_model)
+        self.embed_tokens = Embedding(vocab_size, d_model)
+        self.embed_positions = Embedding(max_positions, d_model)
         self.layers = nn.ModuleList(
             [LDMBertEncoderLayer(d_model, heads, head_dim, ffn_dim, activation) for _ in range(layers)])
         self.layer_norm = nn.LayerNorm(d_model)

@@ -17,7 +17,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .config import register_to_config
 from .embeddings import TimestepEmbedding, Timesteps
-from .layers import Conv2d
+from .layers import Conv2d, Embedding
 from .modeling import ModelMixin
 from .unet_2d_condition import UNetAttentionMixin, _require, timesteps_for_batch
 from .unet_blocks import AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UpBlock2D
@@ -70,7 +70,7 @@ class UNet2DModel(ModelMixin, UNetAttentionMixin):
         self.conv_in = Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim)
-        self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
+        self.class_embedding = Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
 
         common = dict(temb_channels=time_embed_dim, resnet_eps=norm_eps, resnet_act_fn=act_fn,
                       resnet_groups=norm_num_groups, resnet_time_scale_shift=resnet_time_scale_shift)

@@ -20,7 +20,7 @@ from ..outputs import BaseOutput
 from .attention import Attention, AttentionBackend, xformers_usable
 from .config import register_to_config
 from .embeddings import TimestepEmbedding, Timesteps, text_time_embedding
-from .layers import Conv2d
+from .layers import Conv2d, Embedding
 from .modeling import ModelMixin
 from .resnet import get_activation
 from .transformer_2d import mask_to_bias
@@ -218,7 +218,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn,
                                                 post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim)
         self.encoder_hid_proj = None
-        self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
+        self.class_embedding = Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
         if addition_embed_type == "text_time":
             self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
             self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..core.noise import randn_tensor
 from .attention import Attention
-from .layers import Conv2d
+from .layers import Conv2d, Embedding
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
@@ -235,7 +235,7 @@ class VectorQuantizer(nn.Module):
     def __init__(self, n_e: int, vq_embed_dim: int, beta: float, legacy: bool = True):
         super().__init__()
         self.n_e, self.vq_embed_dim, self.beta, self.legacy = n_e, vq_embed_dim, beta, legacy
-        self.embedding = nn.Embedding(n_e, vq_embed_dim)
+        self.embedding = Embedding(n_e, vq_embed_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)  # the training init (no-op on meta)
 
     def forward(self, z: torch.Tensor):

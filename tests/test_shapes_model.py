@@ -55,6 +55,24 @@ def test_generates_what_the_prompt_says():
         assert hits >= len(named) - 1, (attribute, found)
 
 
+def test_guidance_follows_the_prompt_better_than_none():
+    """Trained on captions that name a quarter of colours, shapes and positions wrongly, the model alone
+    (guidance 1) follows a caption about two times in three; classifier-free guidance makes it follow it.
+    Measured on these 12 held-out captions: 32 of 36 hits at 7.5, 20 at 1 (200 captions: docs/shapes.md)."""
+    from impasto.shapes import world
+    from impasto.shapes.analyse import score
+
+    pipe = _pipeline()
+    scenes = world.ShapesWorld(7, p_position=1.0, p_background=1.0).scenes(12)
+    hits = {}
+    for guidance in (7.5, 1.0):
+        images = pipe([s.caption for s in scenes], num_inference_steps=20, guidance_scale=guidance,
+                      generator=torch.Generator().manual_seed(0)).images
+        hits[guidance] = sum(score(s, analyse(image))[a] for s, image in zip(scenes, images)
+                             for a in ("colour", "position", "shape"))
+    assert hits[7.5] >= 28 and hits[7.5] >= hits[1.0] + 6, hits
+
+
 def test_empty_prompt_is_not_conditioned():
     """Without a prompt the colours are spread over the palette: the model's colour comes from the text."""
     pipe = _pipeline()

@@ -44,3 +44,21 @@ def test_train_resume_and_export(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_mislabel_names_wrong_attributes_at_its_rate():
+    import random
+
+    import pytest
+
+    scenes = world.ShapesWorld(1).scenes(2000)
+    rng = random.Random(0)
+    truth = [(s.shape, s.colour, s.size, s.position, s.background) for s in scenes]
+    assert [train.mislabel(s, rng, 0.0) for s in scenes] == truth
+    noisy = [train.mislabel(s, rng, 0.25) for s in scenes]
+    for k in range(5):  # shape, colour, size, position, background: the subject's are wrong at the rate
+        wrong = sum(n[k] != t[k] for n, t in zip(noisy, truth)) / len(scenes)
+        assert (0.2 < wrong < 0.3) if k in (0, 1, 3) else wrong == 0, (k, wrong)
+    assert all(n[1] != n[4] for n in noisy)  # the named colour and background still differ
+    with pytest.raises(ValueError, match="caption_noise"):
+        train.train("unused", caption_noise=1.0)

@@ -29,6 +29,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--decoder-batch-size", type=int, default=32)
     p.add_argument("--init-from", default=None,
                    help="pipeline folder whose UNet and text encoder start the UNet stage (continue a run)")
+    p.add_argument("--caption-noise", type=float, default=0.0,
+                   help="probability that each attribute a training caption names is wrong (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export-only", action="store_true",
                    help="only write DIR/model from the latest checkpoints (EMA weights)")
@@ -62,6 +64,6 @@ def run(args) -> int:
                            checkpoint_every=args.checkpoint_every, stage=args.stage,
                            decoder_steps=args.decoder_steps, decoder_batch_size=args.decoder_batch_size,
                            unet_channels=channels, ema_decay=args.ema_decay,
-                           init_from=args.init_from)
+                           init_from=args.init_from, caption_noise=args.caption_noise)
     print(path)
     return 0

@@ -133,3 +133,21 @@ def test_inpainting_draws_inside_the_mask_only():
     assert (found.colour, found.position, found.background) == ("red", "left", "blue"), found
     right = np.asarray(out, dtype=np.int16)[:, 40:] - np.asarray(base, dtype=np.int16)[:, 40:]
     assert np.abs(right).max() <= 12
+
+
+def test_loading_imports_no_compiler():
+    """Models are built on the meta device for loading; no step of it may pull in torch._dynamo (1.5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, impasto; impasto.StableDiffusionPipeline.from_pretrained('impasto/shapes'); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_embeddings_off_the_meta_device_are_initialised():
+    from impasto.models.layers import Embedding
+
+    torch.manual_seed(0)
+    assert 0.8 < float(Embedding(1000, 8).weight.std()) < 1.2  # torch's N(0, 1) init

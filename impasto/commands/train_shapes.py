@@ -30,7 +30,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None,
                    help="pipeline folder whose UNet and text encoder start the UNet stage (continue a run)")
     p.add_argument("--caption-noise", type=float, default=0.0,
-                   help="probability that each attribute a training caption names is wrong (default 0)")
+                   help="probability that a training caption names the shape, the colour, the position wrongly "
+                        "(each on its own; default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export-only", action="store_true",
                    help="only write DIR/model from the latest checkpoints (EMA weights)")

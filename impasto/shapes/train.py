@@ -216,7 +216,7 @@ def train_decoder(vae, pool, seed: int, steps: int, batch_size: int, lr: float, 
 
 def fresh_caption(scene, rng: random.Random, noise: float = 0.0) -> str:
     """A newly worded caption for a pool scene, naming each optional attribute with the world's odds; with
-    `noise` > 0 each attribute is named wrongly with that probability (see `mislabel`)."""
+    `noise` > 0 its shape, colour and position are each named wrongly with that probability (`mislabel`)."""
     shape, colour, size, position, background = scene.shape, scene.colour, scene.size, scene.position, scene.background
     if noise > 0:
         shape, colour, size, position, background = mislabel(scene, rng, noise)
@@ -272,7 +272,8 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, len(acp), (batch_size,), generator=gen)
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
-        captions = ["" if d else fresh_caption(scenes[i], caption_rng, caption_noise) for i, d in zip(idx.tolist(), drop.tolist())]
+        captions = ["" if d else fresh_caption(scenes[i], caption_rng, caption_noise)
+                    for i, d in zip(idx.tolist(), drop.tolist())]
         ids = encode_captions(vocab, captions).to(device)
         a = acp[t].view(-1, 1, 1, 1)
         noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(device)
@@ -325,8 +326,8 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
     and text encoder); `stage` "vae" or "unet" trains one of them only. Returns the pipeline folder out/model
     (written when unet.pt exists) or, for stage "vae", the decoder checkpoint. `init_from`: a pipeline folder
     whose UNet and text encoder weights start the UNet stage (a continued run; the optimizer starts afresh; its
-    decoder is exported unless out/checkpoints has one). `caption_noise`: probability that each attribute a
-    training caption names is wrong (`mislabel`)."""
+    decoder is exported unless out/checkpoints has one). `caption_noise`: probability that a training caption
+    names the shape, the colour, the position wrongly (each on its own; `mislabel`)."""
     for name, value in (("steps", steps), ("batch_size", batch_size), ("pool_size", pool_size),
                         ("checkpoint_every", checkpoint_every), ("decoder_steps", decoder_steps),
                         ("decoder_batch_size", decoder_batch_size)):

@@ -27,6 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "independent, so they can run side by side with the same --out and --seed")
     p.add_argument("--decoder-steps", type=int, default=2000, help="decoder steps (default 2000)")
     p.add_argument("--decoder-batch-size", type=int, default=32)
+    p.add_argument("--decoder-lr", type=float, default=5e-4, help="decoder learning rate (default 5e-4)")
     p.add_argument("--init-from", default=None,
                    help="pipeline folder whose UNet and text encoder start the UNet stage (continue a run)")
     p.add_argument("--caption-noise", type=float, default=0.0,
@@ -64,7 +65,7 @@ def run(args) -> int:
                            batch_size=args.batch_size, pool_size=args.pool_size, lr=args.lr,
                            checkpoint_every=args.checkpoint_every, stage=args.stage,
                            decoder_steps=args.decoder_steps, decoder_batch_size=args.decoder_batch_size,
-                           unet_channels=channels, ema_decay=args.ema_decay,
+                           decoder_lr=args.decoder_lr, unet_channels=channels, ema_decay=args.ema_decay,
                            init_from=args.init_from, caption_noise=args.caption_noise)
     print(path)
     return 0

@@ -64,6 +64,15 @@ def test_mislabel_names_wrong_attributes_at_its_rate():
         train.train("unused", caption_noise=1.0)
 
 
+def test_bad_rates_are_refused_before_any_work(tmp_path):
+    import pytest
+
+    for kw, name in ((dict(lr=0.0), "lr"), (dict(decoder_lr=-1e-3), "decoder_lr"), (dict(ema_decay=1.0), "ema_decay")):
+        with pytest.raises(ValueError, match=name):
+            train.train(str(tmp_path / "never"), **kw)
+    assert not (tmp_path / "never").exists()
+
+
 def test_cli_passes_every_training_option(monkeypatch, tmp_path, capsys):
     from impasto.cli import main
 

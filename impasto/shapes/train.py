@@ -333,6 +333,11 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
                         ("decoder_batch_size", decoder_batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name, value in (("lr", lr), ("decoder_lr", decoder_lr)):
+        if not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"{name} must be a learning rate in (0, 1), got {value!r}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
     if not 0.0 <= caption_noise < 1.0:
         raise ValueError(f"caption_noise must be in [0, 1), got {caption_noise!r}")
     if stage not in ("all", "vae", "unet"):

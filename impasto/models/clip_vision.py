@@ -35,7 +35,7 @@ class CLIPVisionEmbeddings(nn.Module):
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
         self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size))
         self.patch_embedding = Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size,
-                                         bias=False)
+                                      bias=False)
         self.position_embedding = Embedding((cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

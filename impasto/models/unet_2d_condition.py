@@ -271,7 +271,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps)
         self.conv_act = get_activation(act_fn)
         self.conv_out = Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
-                                  padding=(conv_out_kernel - 1) // 2)
+                               padding=(conv_out_kernel - 1) // 2)
 
     # ---- FreeU ----------------------------------------------------------------------------------------
     def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:

@@ -214,33 +214,39 @@ def train_decoder(vae, pool, seed: int, steps: int, batch_size: int, lr: float, 
     return vae.eval()
 
 
-def fresh_caption(scene, rng: random.Random, noise: float = 0.0) -> str:
+NOISY_ATTRIBUTES = ("shape", "colour", "position")
+
+
+def fresh_caption(scene, rng: random.Random, noise: float = 0.0, attributes=NOISY_ATTRIBUTES) -> str:
     """A newly worded caption for a pool scene, naming each optional attribute with the world's odds; with
-    `noise` > 0 its shape, colour and position are each named wrongly with that probability (`mislabel`)."""
+    `noise` > 0 each of `attributes` (of shape, colour, position) is named wrongly with that probability
+    (`mislabel`)."""
     shape, colour, size, position, background = scene.shape, scene.colour, scene.size, scene.position, scene.background
     if noise > 0:
-        shape, colour, size, position, background = mislabel(scene, rng, noise)
+        shape, colour, size, position, background = mislabel(scene, rng, noise, attributes)
     return world.make_caption(shape, colour, size if rng.random() < 0.6 else None,
                               position if rng.random() < 0.75 else None,
                               background if rng.random() < 0.85 else None, rng)
 
 
-def mislabel(scene, rng: random.Random, noise: float):
-    """(shape, colour, size, position, background) with the shape, colour and position each replaced, with
-    probability `noise`, by another value of its kind (a wrong colour is never the background's): captions
+def mislabel(scene, rng: random.Random, noise: float, attributes=NOISY_ATTRIBUTES):
+    """(shape, colour, size, position, background) with each of `attributes` (of shape, colour, position)
+    replaced, with probability `noise`, by another value of its kind (a wrong colour is never the background's): captions
     as unreliable about their subject as web alt-text, so the conditional model spreads its bets and
     classifier-free guidance has a real job. Size and background stay true (mislabelling the background
     too left guided images on the wrong background 20 % of the time)."""
-    def maybe(value, options):
+    def maybe(name, value, options):
+        if name not in attributes:
+            return value
         return rng.choice([o for o in options if o != value]) if rng.random() < noise else value
-    colour = maybe(scene.colour, [c for c in sorted(world.COLOURS) if c != scene.background])
-    return (maybe(scene.shape, world.SHAPES), colour, scene.size, maybe(scene.position, list(world.POSITIONS)),
-            scene.background)
+    colour = maybe("colour", scene.colour, [c for c in sorted(world.COLOURS) if c != scene.background])
+    return (maybe("shape", scene.shape, world.SHAPES), colour, scene.size,
+            maybe("position", scene.position, list(world.POSITIONS)), scene.background)
 
 
 def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, steps: int, batch_size: int,
                    lr: float, ckpt_path: str, checkpoint_every: int, device: str, caption_dropout: float = 0.15,
-                   ema_decay: float = 0.995, caption_noise: float = 0.0):
+                   ema_decay: float = 0.995, caption_noise: float = 0.0, noisy_attributes=NOISY_ATTRIBUTES):
     """Joint UNet + text encoder training on the latent pool; returns the EMA copies of both."""
     scenes, _, means, logvars = pool
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -272,7 +278,7 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, len(acp), (batch_size,), generator=gen)
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
-        captions = ["" if d else fresh_caption(scenes[i], caption_rng, caption_noise)
+        captions = ["" if d else fresh_caption(scenes[i], caption_rng, caption_noise, noisy_attributes)
                     for i, d in zip(idx.tolist(), drop.tolist())]
         ids = encode_captions(vocab, captions).to(device)
         a = acp[t].view(-1, 1, 1, 1)
@@ -321,13 +327,15 @@ def save_pipeline(out: str, vae, unet, text_encoder, tokenizer_dir: str) -> None
 def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch_size: int = 24, lr: float = 1e-3,
           pool_size: int = 3072, checkpoint_every: int = 100, factory=impasto_factory, stage: str = "all",
           decoder_steps: int = 2000, decoder_batch_size: int = 32, decoder_lr: float = 5e-4, unet_channels=None,
-          ema_decay: float = 0.995, init_from: str | None = None, caption_noise: float = 0.0) -> str:
+          ema_decay: float = 0.995, init_from: str | None = None, caption_noise: float = 0.0,
+          noisy_attributes=NOISY_ATTRIBUTES) -> str:
     """Train the model into `out` (checkpoints in out/checkpoints: vae.pt for the decoder, unet.pt for the UNet
     and text encoder); `stage` "vae" or "unet" trains one of them only. Returns the pipeline folder out/model
     (written when unet.pt exists) or, for stage "vae", the decoder checkpoint. `init_from`: a pipeline folder
     whose UNet and text encoder weights start the UNet stage (a continued run; the optimizer starts afresh; its
     decoder is exported unless out/checkpoints has one). `caption_noise`: probability that a training caption
-    names the shape, the colour, the position wrongly (each on its own; `mislabel`)."""
+    names the shape, the colour, the position wrongly (each on its own; `mislabel`); `noisy_attributes`: which of
+    the three it may name wrongly."""
     for name, value in (("steps", steps), ("batch_size", batch_size), ("pool_size", pool_size),
                         ("checkpoint_every", checkpoint_every), ("decoder_steps", decoder_steps),
                         ("decoder_batch_size", decoder_batch_size)):
@@ -340,6 +348,8 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
     if not 0.0 <= caption_noise < 1.0:
         raise ValueError(f"caption_noise must be in [0, 1), got {caption_noise!r}")
+    if not noisy_attributes or any(a not in NOISY_ATTRIBUTES for a in noisy_attributes):
+        raise ValueError(f"noisy_attributes: expected some of {NOISY_ATTRIBUTES}, got {noisy_attributes!r}")
     if stage not in ("all", "vae", "unet"):
         raise ValueError(f"stage must be 'all', 'vae' or 'unet', got {stage!r}")
     config = unet_config(unet_channels)
@@ -378,7 +388,7 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
             save_checkpoint(os.path.join(ckpt_dir, "vae.pt"), dict(ema=decoder))
     train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
                    os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device, ema_decay=ema_decay,
-                   caption_noise=caption_noise)
+                   caption_noise=caption_noise, noisy_attributes=tuple(noisy_attributes))
     model_dir = export_checkpoint(out, factory=factory)
     logger.info("trained in %.1f min -> %s", (time.time() - started) / 60, model_dir)
     return model_dir

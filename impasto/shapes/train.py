@@ -231,8 +231,8 @@ def fresh_caption(scene, rng: random.Random, noise: float = 0.0, attributes=NOIS
 
 def mislabel(scene, rng: random.Random, noise: float, attributes=NOISY_ATTRIBUTES):
     """(shape, colour, size, position, background) with each of `attributes` (of shape, colour, position)
-    replaced, with probability `noise`, by another value of its kind (a wrong colour is never the background's): captions
-    as unreliable about their subject as web alt-text, so the conditional model spreads its bets and
+    replaced, with probability `noise`, by another value of its kind (a wrong colour is never the background's):
+    captions as unreliable about their subject as web alt-text, so the conditional model spreads its bets and
     classifier-free guidance has a real job. Size and background stay true (mislabelling the background
     too left guided images on the wrong background 20 % of the time)."""
     def maybe(name, value, options):

@@ -66,6 +66,8 @@ def test_mislabel_names_wrong_attributes_at_its_rate():
         assert (0.2 < wrong < 0.3) if k in (1, 3) else wrong == 0, (k, wrong)
     with pytest.raises(ValueError, match="caption_noise"):
         train.train("unused", caption_noise=1.0)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        train.train("unused", caption_dropout=0.0)
     with pytest.raises(ValueError, match="noisy_attributes"):
         train.train("unused", noisy_attributes=("size",))
 
@@ -87,10 +89,11 @@ def test_cli_passes_every_training_option(monkeypatch, tmp_path, capsys):
     args = ["train-shapes", "--out", str(tmp_path), "--steps", "7", "--seed", "2", "--batch-size", "16",
             "--pool-size", "64", "--checkpoint-every", "5", "--lr", "0.002", "--ema-decay", "0.99",
             "--unet-channels", "32,32,64", "--stage", "vae", "--decoder-steps", "9", "--decoder-batch-size", "8",
-            "--decoder-lr", "0.003", "--caption-noise", "0.25", "--caption-noise-on", "colour,position"]
+            "--decoder-lr", "0.003", "--caption-noise", "0.25", "--caption-noise-on", "colour,position",
+            "--caption-dropout", "0.3"]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == "model-dir"
     assert calls == [(str(tmp_path), dict(
         steps=7, seed=2, device="cpu", batch_size=16, pool_size=64, lr=0.002, checkpoint_every=5, stage="vae",
         decoder_steps=9, decoder_batch_size=8, decoder_lr=0.003, unet_channels=[32, 32, 64], ema_decay=0.99,
-        init_from=None, caption_noise=0.25, noisy_attributes=("colour", "position")))]
+        init_from=None, caption_noise=0.25, noisy_attributes=("colour", "position"), caption_dropout=0.3))]

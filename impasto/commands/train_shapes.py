@@ -35,6 +35,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "(each on its own; default 0)")
     p.add_argument("--caption-noise-on", default="shape,colour,position",
                    help="which attributes --caption-noise may name wrongly (default shape,colour,position)")
+    p.add_argument("--caption-dropout", type=float, default=0.15,
+                   help="probability that a training caption is left empty, for classifier-free guidance "
+                        "(default 0.15)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export-only", action="store_true",
                    help="only write DIR/model from the latest checkpoints (EMA weights)")
@@ -69,6 +72,7 @@ def run(args) -> int:
                            decoder_steps=args.decoder_steps, decoder_batch_size=args.decoder_batch_size,
                            decoder_lr=args.decoder_lr, unet_channels=channels, ema_decay=args.ema_decay,
                            init_from=args.init_from, caption_noise=args.caption_noise,
-                           noisy_attributes=tuple(args.caption_noise_on.split(",")))
+                           noisy_attributes=tuple(args.caption_noise_on.split(",")),
+                           caption_dropout=args.caption_dropout)
     print(path)
     return 0

@@ -328,14 +328,15 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
           pool_size: int = 3072, checkpoint_every: int = 100, factory=impasto_factory, stage: str = "all",
           decoder_steps: int = 2000, decoder_batch_size: int = 32, decoder_lr: float = 5e-4, unet_channels=None,
           ema_decay: float = 0.995, init_from: str | None = None, caption_noise: float = 0.0,
-          noisy_attributes=NOISY_ATTRIBUTES) -> str:
+          noisy_attributes=NOISY_ATTRIBUTES, caption_dropout: float = 0.15) -> str:
     """Train the model into `out` (checkpoints in out/checkpoints: vae.pt for the decoder, unet.pt for the UNet
     and text encoder); `stage` "vae" or "unet" trains one of them only. Returns the pipeline folder out/model
     (written when unet.pt exists) or, for stage "vae", the decoder checkpoint. `init_from`: a pipeline folder
     whose UNet and text encoder weights start the UNet stage (a continued run; the optimizer starts afresh; its
     decoder is exported unless out/checkpoints has one). `caption_noise`: probability that a training caption
     names the shape, the colour, the position wrongly (each on its own; `mislabel`); `noisy_attributes`: which of
-    the three it may name wrongly."""
+    the three it may name wrongly; `caption_dropout`: probability that a caption is left empty (the unconditional
+    branch that classifier-free guidance uses)."""
     for name, value in (("steps", steps), ("batch_size", batch_size), ("pool_size", pool_size),
                         ("checkpoint_every", checkpoint_every), ("decoder_steps", decoder_steps),
                         ("decoder_batch_size", decoder_batch_size)):
@@ -348,6 +349,8 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
     if not 0.0 <= caption_noise < 1.0:
         raise ValueError(f"caption_noise must be in [0, 1), got {caption_noise!r}")
+    if not 0.0 < caption_dropout < 1.0:
+        raise ValueError(f"caption_dropout must be in (0, 1), got {caption_dropout!r}")
     if not noisy_attributes or any(a not in NOISY_ATTRIBUTES for a in noisy_attributes):
         raise ValueError(f"noisy_attributes: expected some of {NOISY_ATTRIBUTES}, got {noisy_attributes!r}")
     if stage not in ("all", "vae", "unet"):
@@ -388,7 +391,8 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
             save_checkpoint(os.path.join(ckpt_dir, "vae.pt"), dict(ema=decoder))
     train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
                    os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device, ema_decay=ema_decay,
-                   caption_noise=caption_noise, noisy_attributes=tuple(noisy_attributes))
+                   caption_noise=caption_noise, noisy_attributes=tuple(noisy_attributes),
+                   caption_dropout=caption_dropout)
     model_dir = export_checkpoint(out, factory=factory)
     logger.info("trained in %.1f min -> %s", (time.time() - started) / 60, model_dir)
     return model_dir

@@ -8,8 +8,8 @@
 # channels wide (a shape's outline lives in the 16x16 latent) and the levels below it stay narrow, (32, 32, 64),
 # 1.2 M parameters; batches of 128. The UNet runs in segments, each resuming the last one's checkpoint:
 #   1. steps 0-7,000, lr 1e-3, captions that name shape, colour and position wrongly a quarter of the time;
-#   2. steps 7,000-16,000, lr 3e-4 then 2e-4, shape named truthfully (the squares are learnt here), the last
-#      2,000 steps with half the captions empty (an unconditional branch that follows the shape being drawn);
+#   2. steps 7,000-18,000, lr 3e-4 then 2e-4, shape named truthfully (the squares are learnt here), the last
+#      4,000 steps with half the captions empty (an unconditional branch that follows the shape being drawn);
 #   3. a fine-tune (--init-from), 800 steps, all three noisy again, half the captions empty, EMA 0.99: guidance
 #      then commits the model to the caption without caricaturing the shapes.
 # A rerun with the same RUNS resumes from the checkpoints. Writes RUNS/{vae,unet,final}/ and RUNS/*.log; the model
@@ -28,7 +28,7 @@ $train --seed 0 --out "$RUNS/vae" --stage vae --decoder-steps 9000 --decoder-bat
     $unet --lr 1e-3 --steps 7000
     $unet --lr 3e-4 --steps 11000 --caption-noise-on colour,position
     $unet --lr 2e-4 --steps 14000 --caption-noise-on colour,position
-    $unet --lr 2e-4 --steps 16000 --caption-noise-on colour,position --caption-dropout 0.5
+    $unet --lr 2e-4 --steps 18000 --caption-noise-on colour,position --caption-dropout 0.5
 } >>"$RUNS/unet.log" 2>&1
 wait
 cp "$RUNS/vae/checkpoints/vae.pt" "$RUNS/unet/checkpoints/vae.pt"

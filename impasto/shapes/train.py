@@ -407,7 +407,9 @@ def export_checkpoint(out: str, model_dir: str | None = None, factory=impasto_fa
         raise ValueError(f"out: expected {path} from a training run in {out!r}")
     unet_state = torch.load(path, weights_only=False, map_location="cpu")
     vocab = bpe.write_tokenizer(os.path.join(ckpt_dir, "tokenizer"), world.vocabulary(), MAX_LENGTH)
-    vae = factory("vae", dict(VAE_CONFIG, scaling_factor=unet_state["scaling"]))
+    with torch.random.fork_rng(devices=[]):  # the encoder's unused weights keep a random init (vae_init): the
+        torch.manual_seed(0)  # same one in every export, so exporting the same checkpoints gives the same files
+        vae = factory("vae", dict(VAE_CONFIG, scaling_factor=unet_state["scaling"]))
     construct_vae(vae)
     vae_path = os.path.join(ckpt_dir, "vae.pt")
     if os.path.exists(vae_path):

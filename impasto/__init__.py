@@ -44,6 +44,7 @@ _EXPORTS = {
     "KDPM2AncestralDiscreteScheduler": "schedulers.kdpm2_ancestral",
     "DPMSolverMultistepScheduler": "schedulers.dpmsolver_multistep",
     "DPMSolverSinglestepScheduler": "schedulers.dpmsolver_singlestep",
+    "DPMSolverSDEScheduler": "schedulers.dpmsolver_sde",
     "UniPCMultistepScheduler": "schedulers.unipc",
     "LCMScheduler": "schedulers.lcm",
     "scheduler_from_name": "schedulers.names",

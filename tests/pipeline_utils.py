@@ -14,8 +14,11 @@ SCHEDULERS = [
     "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-    "UniPCMultistepScheduler",
+    "DPMSolverSDEScheduler", "UniPCMultistepScheduler",
 ]
+# config a scheduler needs for two runs to be comparable: DPMSolverSDE's default Brownian seed is drawn from
+# torch's global generator at each run's first step, so the pair gets a fixed one
+COMPARABLE = {"DPMSolverSDEScheduler": {"noise_sampler_seed": 0}}
 TOL = 1e-3  # on [0, 1] pixels
 
 
@@ -34,9 +37,10 @@ def scheduler_pair(name: str, config):
     import diffusers
     import pytest
 
+    config = {**config, **COMPARABLE.get(name, {})}
     try:
         ref = getattr(diffusers, name).from_config(config)
-    except ImportError as e:  # LMS needs scipy in diffusers
+    except ImportError as e:  # LMS needs scipy, DPMSolverSDE torchsde in diffusers
         pytest.skip(f"diffusers' {name} unavailable here: {str(e).strip().splitlines()[0]}")
     cls = impasto_class(name)
     mine = cls.from_config(dict(config)) if cls is not None else getattr(diffusers, name).from_config(config)

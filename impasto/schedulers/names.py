@@ -28,6 +28,8 @@ A1111_SAMPLERS: dict[str, tuple[str, dict]] = {
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler",
                             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
+    "DPM++ SDE Karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
     "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "DPM++ 2S a Karras": ("DPMSolverSinglestepScheduler",
                           {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
@@ -45,7 +47,7 @@ SCHEDULER_CLASSES = (
     "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-    "UniPCMultistepScheduler", "LCMScheduler",
+    "DPMSolverSDEScheduler", "UniPCMultistepScheduler", "LCMScheduler",
 )
 
 

@@ -212,6 +212,65 @@ class DiffusionPipeline(ConfigMixin, MemoryMixin):
         return pipe
 
     @classmethod
+    def from_pipe(cls, pipeline: "DiffusionPipeline", **kwargs) -> "DiffusionPipeline":
+        """This pipeline class over another pipeline's components: the same objects, no weights copied.
+
+        `StableDiffusionImg2ImgPipeline.from_pipe(txt2img)` takes the components this class's constructor names
+        from `pipeline`; components it lacks default to None where optional. Keywords replace components or
+        options (`requires_safety_checker=False`); options not given keep `pipeline`'s config values. Config that
+        this class does not take is kept as private `_key` entries (and restored by a later `from_pipe`).
+        Modules keep their dtype and device unless `torch_dtype`/`dtype` is given, which casts the shared modules
+        in place (so `pipeline` changes too). State living on the modules (attention backends, LoRA, VAE slicing,
+        CPU offload hooks) is shared; after swapping a component in an offloaded pipeline, enable offload again.
+        """
+        if not isinstance(pipeline, DiffusionPipeline):
+            got = f"the class {pipeline.__name__} (pass an instance)" if isinstance(pipeline, type) else \
+                type(pipeline).__name__
+            if type(pipeline).__module__.split(".")[0] == "diffusers":
+                got += " from diffusers; load the model with impasto's from_pretrained instead"
+            raise TypeError(f"pipeline: expected a DiffusionPipeline, got {got}")
+        pipe_cls = type(pipeline) if cls is DiffusionPipeline else cls
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        if dtype is not None and torch_dtype is not None:
+            raise ValueError("dtype, torch_dtype: give at most one of them (torch_dtype is the older name)")
+        dtype = parse_dtype(torch_dtype if dtype is None else dtype, "torch_dtype" if dtype is None else "dtype")
+        if kwargs.pop("custom_pipeline", None) is not None:
+            raise ValueError("custom_pipeline: impasto runs no downloaded pipeline code; call from_pipe on an "
+                             "impasto pipeline class")
+        for k in ("custom_revision", "trust_remote_code"):
+            kwargs.pop(k, None)
+
+        params = {k: p for k, p in inspect.signature(pipe_cls.__init__).parameters.items()
+                  if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        modules = [k for k, p in params.items() if p.default is p.empty or k in pipe_cls._optional_components]
+        options = [k for k in params if k not in modules]
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise TypeError(f"from_pipe: {', '.join(unknown)} is neither a component nor an option of "
+                            f"{pipe_cls.__name__} (components: {', '.join(modules)}; options: {', '.join(options)})")
+        config = dict(pipeline.config)
+        source = pipeline.components
+        args = {k: source[k] for k in modules if k in source}
+        for k in options:  # options this class takes: from the config, or from a private key an earlier from_pipe kept
+            if k in config or f"_{k}" in config:
+                args[k] = config.get(k, config.get(f"_{k}"))
+        args.update(kwargs)
+        missing = [k for k in modules if k not in args and params[k].default is params[k].empty]
+        if missing:
+            raise ValueError(f"from_pipe: {pipe_cls.__name__} needs {', '.join(missing)}, which "
+                             f"{type(pipeline).__name__} does not have; pass them as keywords, e.g. "
+                             f"from_pipe(pipe, {missing[0]}=...)")
+        new = pipe_cls(**args)
+        kept = {k if k.startswith("_") else f"_{k}": v for k, v in config.items() if k.lstrip("_") not in new.config}
+        new.register_to_config(**kept)
+        for attr in ("_name_or_path", "_offload_device", "_offload_hooks", "_offload_resident"):
+            if attr in vars(pipeline):  # offload hooks sit on the shared modules, so their state comes along
+                setattr(new, attr, getattr(pipeline, attr))
+        if dtype is not None:
+            new.to(dtype=dtype)
+        return new
+
+    @classmethod
     def _pipeline_class(cls, index: dict, path) -> type:
         if cls is not DiffusionPipeline:
             return cls

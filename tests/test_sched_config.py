@@ -158,6 +158,17 @@ def test_copies_are_independent_and_thread_safe(name):
     assert base.num_inference_steps != 5
 
 
+
+def test_copies_keep_values_set_after_construction():
+    # a defaulted key changed later (a user's register_to_config, a pipeline's config fix-up) must survive the
+    # copy every pipeline call makes, while a class swap still gives the other class its defaults
+    s = impasto.DDIMScheduler()
+    s.register_to_config(timestep_spacing="trailing", clip_sample=False)
+    c = s.copy()
+    assert c.config.timestep_spacing == "trailing" and c.config.clip_sample is False
+    assert dict(c.config) == dict(s.config)
+    assert impasto.EulerDiscreteScheduler.from_config(c.config).config.timestep_spacing == "linspace"
+
 EXPECTED_NAMES = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),

@@ -215,8 +215,6 @@ def _fix_scheduler_config(scheduler):
                        ", ".join(f"{k}={cfg[k]}" for k in fixes), ", ".join(f"{k}={v}" for k, v in fixes.items()))
         new = dict(cfg)
         new.update(fixes)
-        if "_use_default_values" in new:  # else copy() (at each call) would restore the defaults just fixed
-            new["_use_default_values"] = [k for k in new["_use_default_values"] if k not in fixes]
         scheduler._internal_dict = type(cfg)(new)
 
 

@@ -111,8 +111,15 @@ class SchedulerMixin(ConfigMixin):
         return found
 
     def copy(self):
-        """An independent scheduler of the same class and config, with no per-run state."""
-        return type(self).from_config(dict(self.config))
+        """An independent scheduler of the same class and config, with no per-run state. Every value is passed on,
+        defaulted ones too: one changed after construction (`register_to_config`, a pipeline's config fix-up)
+        must not fall back to its default, which is what `_use_default_values` means to a class swap."""
+        config = dict(self.config)
+        defaulted = config.pop("_use_default_values", None)
+        new = type(self).from_config(config)
+        if defaulted:  # a swap from the copy still gives the other class its own defaults
+            new.register_to_config(_use_default_values=defaulted)
+        return new
 
     fresh = copy
 

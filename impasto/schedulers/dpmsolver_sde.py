@@ -61,7 +61,6 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         _check_seed(noise_sampler_seed)
         self._init_train_schedule()
         self.set_timesteps(num_train_timesteps, None, num_train_timesteps)
-        self.use_karras_sigmas = use_karras_sigmas
         self.noise_sampler_seed = noise_sampler_seed
 
     def copy(self):

@@ -240,3 +240,24 @@ def test_clip_image_processor_reads_folder(tmp_path):
     assert fe.crop_size == {"height": 32, "width": 32} and fe.size == {"shortest_edge": 32}
     fe.save_pretrained(tmp_path / "fe")
     assert CLIPImageProcessor.from_pretrained(tmp_path / "fe").to_dict() == fe.to_dict()
+
+
+def test_deepcopy_and_pickle_of_configured_objects(pair):
+    """copy.deepcopy / pickle of a scheduler, a model and a pipeline (diffusers' training scripts deepcopy the
+    UNet for EMA; users deepcopy schedulers): the frozen config used to refuse being rebuilt."""
+    import copy
+    import pickle
+
+    scheduler = pair.mine.scheduler
+    for clone in (copy.deepcopy(scheduler), pickle.loads(pickle.dumps(scheduler))):
+        assert type(clone) is type(scheduler) and clone.config == scheduler.config
+        clone.register_to_config(steps_offset=7)  # the copy is independent and its config still frozen
+        assert scheduler.config.steps_offset != 7
+        with pytest.raises(TypeError, match="read-only"):
+            clone.config["steps_offset"] = 0
+    unet = copy.deepcopy(pair.mine.unet)
+    assert unet.config == pair.mine.unet.config
+    assert unet.conv_in.weight.data_ptr() != pair.mine.unet.conv_in.weight.data_ptr()
+    pipe = copy.deepcopy(pair.mine)
+    assert pipe.unet is not pair.mine.unet
+    assert max_diff(_run(pipe), _run(pair.mine)) == 0.0

@@ -45,6 +45,11 @@ class FrozenDict(OrderedDict):
             self._refuse()
         super().__setitem__(name, value)
 
+    def __reduce__(self):
+        # rebuild through __init__: OrderedDict's own reduce restores the frozen flag before the items, so
+        # copy.deepcopy and pickle of any configured object (a scheduler, a model) were refused
+        return type(self), (list(self.items()),)
+
 
 def _json_ready(value):
     import numpy as np

@@ -77,6 +77,19 @@ def test_mislabel_names_wrong_attributes_at_its_rate():
         train.train("unused", noisy_attributes=("size",))
 
 
+def test_timestep_draws():
+    import pytest
+
+    uniform = train.draw_timesteps("uniform", 1000, 4096, torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(0)))
+    mid = train.draw_timesteps("logit-normal", 1000, 4096, torch.Generator().manual_seed(0))
+    assert mid.dtype == torch.long and 0 <= int(mid.min()) and int(mid.max()) <= 999
+    in_middle = lambda t: float(((t >= 250) & (t < 750)).float().mean())  # noqa: E731
+    assert in_middle(uniform) < 0.53 and in_middle(mid) > 0.7  # logit-normal: 74 % of draws in the middle half
+    with pytest.raises(ValueError, match="timesteps"):
+        train.train("unused", timesteps="cosine")
+
+
 def test_bad_rates_are_refused_before_any_work(tmp_path):
     import pytest
 
@@ -95,10 +108,11 @@ def test_cli_passes_every_training_option(monkeypatch, tmp_path, capsys):
             "--pool-size", "64", "--checkpoint-every", "5", "--lr", "0.002", "--ema-decay", "0.99",
             "--unet-channels", "32,32,64", "--stage", "vae", "--decoder-steps", "9", "--decoder-batch-size", "8",
             "--decoder-lr", "0.003", "--caption-noise", "0.25", "--caption-noise-on", "colour,position",
-            "--caption-dropout", "0.3"]
+            "--caption-dropout", "0.3", "--timesteps", "logit-normal"]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == "model-dir"
     assert calls == [(str(tmp_path), dict(
         steps=7, seed=2, device="cpu", batch_size=16, pool_size=64, lr=0.002, checkpoint_every=5, stage="vae",
         decoder_steps=9, decoder_batch_size=8, decoder_lr=0.003, unet_channels=[32, 32, 64], ema_decay=0.99,
-        init_from=None, caption_noise=0.25, noisy_attributes=("colour", "position"), caption_dropout=0.3))]
+        init_from=None, caption_noise=0.25, noisy_attributes=("colour", "position"), caption_dropout=0.3,
+        timesteps="logit-normal"))]

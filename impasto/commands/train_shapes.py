@@ -38,6 +38,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--caption-dropout", type=float, default=0.15,
                    help="probability that a training caption is left empty, for classifier-free guidance "
                         "(default 0.15)")
+    p.add_argument("--timesteps", choices=("uniform", "logit-normal"), default="uniform",
+                   help="how UNet training timesteps are drawn: uniform (default) or logit-normal (mostly mid "
+                        "noise, as SD3 trains)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export-only", action="store_true",
                    help="only write DIR/model from the latest checkpoints (EMA weights)")
@@ -73,6 +76,6 @@ def run(args) -> int:
                            decoder_lr=args.decoder_lr, unet_channels=channels, ema_decay=args.ema_decay,
                            init_from=args.init_from, caption_noise=args.caption_noise,
                            noisy_attributes=tuple(args.caption_noise_on.split(",")),
-                           caption_dropout=args.caption_dropout)
+                           caption_dropout=args.caption_dropout, timesteps=args.timesteps)
     print(path)
     return 0

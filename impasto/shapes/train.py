@@ -244,10 +244,24 @@ def mislabel(scene, rng: random.Random, noise: float, attributes=NOISY_ATTRIBUTE
             maybe("position", scene.position, list(world.POSITIONS)), scene.background)
 
 
+TIMESTEP_SAMPLING = ("uniform", "logit-normal")
+
+
+def draw_timesteps(kind: str, n: int, batch_size: int, gen) -> torch.Tensor:
+    """Training timesteps: "uniform" over the n-step ladder, or "logit-normal" (t / n = sigmoid of a standard
+    normal draw, as SD3 trains): most samples in the middle of the noise range, where a shape is decided,
+    fewer at the ends (pure noise, where only colour and place are, and nearly clean latents)."""
+    if kind == "uniform":
+        return torch.randint(0, n, (batch_size,), generator=gen)
+    return (torch.sigmoid(torch.randn(batch_size, generator=gen)) * n).long().clamp_(0, n - 1)
+
+
 def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, steps: int, batch_size: int,
                    lr: float, ckpt_path: str, checkpoint_every: int, device: str, caption_dropout: float = 0.15,
-                   ema_decay: float = 0.995, caption_noise: float = 0.0, noisy_attributes=NOISY_ATTRIBUTES):
-    """Joint UNet + text encoder training on the latent pool; returns the EMA copies of both."""
+                   ema_decay: float = 0.995, caption_noise: float = 0.0, noisy_attributes=NOISY_ATTRIBUTES,
+                   timesteps: str = "uniform"):
+    """Joint UNet + text encoder training on the latent pool; returns the EMA copies of both. `timesteps`:
+    how training timesteps are drawn (`draw_timesteps`)."""
     scenes, _, means, logvars = pool
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=str(device).startswith("cuda"))
@@ -276,7 +290,7 @@ def train_denoiser(unet, text_encoder, vocab, pool, scaling: float, seed: int, s
         mean, logvar = means[idx], logvars[idx]
         latents = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)) * scaling
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, len(acp), (batch_size,), generator=gen)
+        t = draw_timesteps(timesteps, len(acp), batch_size, gen)
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
         captions = ["" if d else fresh_caption(scenes[i], caption_rng, caption_noise, noisy_attributes)
                     for i, d in zip(idx.tolist(), drop.tolist())]
@@ -328,7 +342,7 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
           pool_size: int = 3072, checkpoint_every: int = 100, factory=impasto_factory, stage: str = "all",
           decoder_steps: int = 2000, decoder_batch_size: int = 32, decoder_lr: float = 5e-4, unet_channels=None,
           ema_decay: float = 0.995, init_from: str | None = None, caption_noise: float = 0.0,
-          noisy_attributes=NOISY_ATTRIBUTES, caption_dropout: float = 0.15) -> str:
+          noisy_attributes=NOISY_ATTRIBUTES, caption_dropout: float = 0.15, timesteps: str = "uniform") -> str:
     """Train the model into `out` (checkpoints in out/checkpoints: vae.pt for the decoder, unet.pt for the UNet
     and text encoder); `stage` "vae" or "unet" trains one of them only. Returns the pipeline folder out/model
     (written when unet.pt exists) or, for stage "vae", the decoder checkpoint. `init_from`: a pipeline folder
@@ -336,7 +350,7 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
     decoder is exported unless out/checkpoints has one). `caption_noise`: probability that a training caption
     names the shape, the colour, the position wrongly (each on its own; `mislabel`); `noisy_attributes`: which of
     the three it may name wrongly; `caption_dropout`: probability that a caption is left empty (the unconditional
-    branch that classifier-free guidance uses)."""
+    branch that classifier-free guidance uses); `timesteps`: how training timesteps are drawn (`draw_timesteps`)."""
     for name, value in (("steps", steps), ("batch_size", batch_size), ("pool_size", pool_size),
                         ("checkpoint_every", checkpoint_every), ("decoder_steps", decoder_steps),
                         ("decoder_batch_size", decoder_batch_size)):
@@ -353,6 +367,8 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
         raise ValueError(f"caption_dropout must be in (0, 1), got {caption_dropout!r}")
     if not noisy_attributes or any(a not in NOISY_ATTRIBUTES for a in noisy_attributes):
         raise ValueError(f"noisy_attributes: expected some of {NOISY_ATTRIBUTES}, got {noisy_attributes!r}")
+    if timesteps not in TIMESTEP_SAMPLING:
+        raise ValueError(f"timesteps must be one of {TIMESTEP_SAMPLING}, got {timesteps!r}")
     if stage not in ("all", "vae", "unet"):
         raise ValueError(f"stage must be 'all', 'vae' or 'unet', got {stage!r}")
     config = unet_config(unet_channels)
@@ -392,7 +408,7 @@ def train(out: str, steps: int = 2000, seed: int = 0, device: str = "cpu", batch
     train_denoiser(unet, text_encoder, vocab, pool, scaling, seed, steps, batch_size, lr,
                    os.path.join(ckpt_dir, "unet.pt"), checkpoint_every, device, ema_decay=ema_decay,
                    caption_noise=caption_noise, noisy_attributes=tuple(noisy_attributes),
-                   caption_dropout=caption_dropout)
+                   caption_dropout=caption_dropout, timesteps=timesteps)
     model_dir = export_checkpoint(out, factory=factory)
     logger.info("trained in %.1f min -> %s", (time.time() - started) / 60, model_dir)
     return model_dir

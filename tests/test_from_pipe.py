@@ -71,7 +71,7 @@ def test_keyword_overrides_component_and_option(pair):
     new = _quiet(impasto.StableDiffusionImg2ImgPipeline.from_pipe(base, scheduler=ddim, requires_safety_checker=True))
     assert new.scheduler is ddim and new.config.scheduler == ["diffusers", "DDIMScheduler"]
     assert new.config.requires_safety_checker is True and new.unet is base.unet
-    assert new.scheduler.copy().config.clip_sample is False  # the constructor's fix-up survives the per-call copy
+    assert new.scheduler.copy().config.clip_sample is False  # the constructor's fix-up survives a copy
     assert type(base.scheduler).__name__ == "PNDMScheduler" and base.config.scheduler[1] == "PNDMScheduler"
     assert base.config.requires_safety_checker is False
     theirs = _quiet(diffusers.StableDiffusionImg2ImgPipeline.from_pipe(

@@ -36,6 +36,49 @@ def test_schedulers_match_diffusers(sd1, name):
     assert max_diff(a.images, b.images) < TOL
 
 
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_call_runs_on_the_pipelines_scheduler(sd1, name):
+    """As diffusers: a call steps `pipe.scheduler` itself (callbacks read its step_index and timesteps, and it
+    keeps them after the call), and each call starts that scheduler afresh, whatever ran on it before."""
+    sd1.set_scheduler(name)
+    seen = {}
+
+    def watch(pipe, i, t, kw):
+        s = pipe.scheduler
+        seen.setdefault(type(pipe).__module__.split(".")[0], []).append((i, getattr(s, "step_index", None), float(s.timesteps[i])))
+        return {}
+
+    a, b = sd1.run_both(prompt=PROMPT, callback_on_step_end=watch)
+    assert seen["impasto"] == seen["diffusers"] and len(seen["impasto"]) == len(sd1.mine.scheduler.timesteps)
+    assert list(sd1.mine.scheduler.timesteps) == list(sd1.ref.scheduler.timesteps)
+    assert max_diff(a.images, b.images) < TOL
+    ref_i2i, mine_i2i = sd1.img2img()
+    c, d = sd1.run_both(ref_i2i, mine_i2i, prompt=PROMPT, image=a.images, strength=0.6, num_inference_steps=4)
+    assert max_diff(c.images, d.images) < TOL
+    e, f = sd1.run_both(prompt=PROMPT)  # (the img2img constructor's config fix-up may change the scheduler)
+    again = sd1.mine(PROMPT, num_inference_steps=3, output_type="np", generator=gen(0)).images
+    assert max_diff(e.images, f.images) < TOL and max_diff(again, f.images) == 0.0
+
+
+@pytest.mark.parametrize("name", ["PNDMScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+                                  "KDPM2DiscreteScheduler", "DPMSolverMultistepScheduler"])
+def test_deprecated_callback_fires_where_diffusers_does(sd1, name):
+    sd1.set_scheduler(name)
+    ref_i2i, mine_i2i = sd1.img2img()
+    for every in (1, 2):
+        calls = {}
+
+        def record(lib):
+            return lambda step, t, latents: calls.setdefault(lib, []).append((step, float(t), latents.shape))
+
+        for pipe, lib in ((sd1.ref, "diffusers"), (sd1.mine, "impasto"), (ref_i2i, "diffusers i2i"),
+                          (mine_i2i, "impasto i2i")):
+            extra = dict(image=torch.zeros(1, 3, 32, 32), strength=0.6) if "i2i" in lib else {}
+            pipe(PROMPT, num_inference_steps=4, output_type="np", generator=gen(0), callback=record(lib),
+                 callback_steps=every, **extra)
+        assert calls["impasto"] == calls["diffusers"] and calls["impasto i2i"] == calls["diffusers i2i"], calls
+
+
 @pytest.mark.parametrize("name,eta", [("DDIMScheduler", 0.0), ("DDIMScheduler", 0.7),
                                       ("EulerAncestralDiscreteScheduler", 0.0), ("DPMSolverMultistepScheduler", 0.0)])
 def test_sd2_v_prediction_linear_proj(sd2, name, eta):

@@ -142,12 +142,6 @@ class StableDiffusionBase(DiffusionPipeline):
         w = torch.tensor(self.guidance_scale - 1).repeat(batch)
         return guidance_scale_embedding(w, embedding_dim=dim).to(device=device, dtype=dtype)
 
-    def _scheduler_for_call(self):
-        """A private copy of an impasto scheduler per call (no shared per-run state); diffusers' objects as is."""
-        if callable(getattr(type(self.scheduler), "copy", None)):
-            return self.scheduler.copy()
-        return self.scheduler
-
     @staticmethod
     def _callback_inputs(callback_on_step_end, tensor_inputs):
         return list(getattr(callback_on_step_end, "tensor_inputs", None) or tensor_inputs)
@@ -165,8 +159,14 @@ class StableDiffusionBase(DiffusionPipeline):
         every = steps or 1
 
         def on_step_end(pipe, i, t, kw):
-            if i % every == 0:
-                callback(i, t, kw["latents"])
+            # as diffusers: only where the progress bar advances (past a multistep scheduler's warm-up, at the
+            # end of a higher-order step, or the last step), with the step counted in solver steps
+            s = pipe.scheduler
+            order, n = getattr(s, "order", 1), getattr(s, "num_inference_steps", None)
+            warmup = len(s.timesteps) - n * order if n else 0
+            last = len(s.timesteps) - (getattr(s, "begin_index", None) or 0) - 1
+            if (i == last or (i + 1 > warmup and (i + 1) % order == 0)) and i % every == 0:
+                callback(i // order, t, kw["latents"])
             return {}
         return on_step_end
 
@@ -260,7 +260,7 @@ class StableDiffusionPipeline(StableDiffusionBase, LoraLoaderMixin, TextualInver
         state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                       num_images_per_prompt, device, long_prompt)
         dtype = state["prompt_embeds"].dtype
-        scheduler = self._scheduler_for_call()
+        scheduler = self.scheduler
         ladder, num_inference_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
         latents = txt2img.prepare_latents(scheduler, batch, self.unet.config.in_channels, height, width,
                                           self.vae_scale_factor, dtype, device, generator, latents)

@@ -95,7 +95,7 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase, LoraLoaderMixin, Textu
                                       num_images_per_prompt, device, long_prompt)
         dtype = state["prompt_embeds"].dtype
         pixels = self.image_processor.preprocess(_as_rgb(image))
-        scheduler = self._scheduler_for_call()
+        scheduler = self.scheduler
         ladder, num_inference_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
         ladder, num_inference_steps = img2img.get_timesteps(scheduler, num_inference_steps, strength)
         if num_inference_steps < 1:

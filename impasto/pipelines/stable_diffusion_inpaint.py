@@ -138,7 +138,7 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
             state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                           num_images_per_prompt, device, long_prompt)
             dtype = state["prompt_embeds"].dtype
-            scheduler = self._scheduler_for_call()
+            scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
             ladder, n_steps = img2img.get_timesteps(scheduler, n_steps, strength)
             if n_steps < 1:

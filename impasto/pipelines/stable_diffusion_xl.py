@@ -273,7 +273,7 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
                                         num_images_per_prompt, device)
             dtype = encoded[0].dtype
-            scheduler = self._scheduler_for_call()
+            scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
             latents = txt2img.prepare_latents(scheduler, batch, self.unet.config.in_channels, height, width,
                                               self.vae_scale_factor, dtype, device, generator, latents)

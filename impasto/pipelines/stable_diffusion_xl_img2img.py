@@ -164,7 +164,7 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
                                         num_images_per_prompt, device)
             dtype = encoded[0].dtype
             pixels = self.image_processor.preprocess(_as_rgb(image))
-            scheduler = self._scheduler_for_call()
+            scheduler = self.scheduler
             ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)
             if latents is None:
                 latents = prepare_latents(self.vae, scheduler, pixels, ladder[:1].repeat(batch), batch, dtype, device,

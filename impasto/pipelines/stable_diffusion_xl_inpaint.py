@@ -74,7 +74,7 @@ class StableDiffusionXLInpaintPipeline(InpaintMixin, SDXLImageToImageMixin, Stab
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
                                         num_images_per_prompt, device)
             dtype = encoded[0].dtype
-            scheduler = self._scheduler_for_call()
+            scheduler = self.scheduler
             ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)
             prep = self._prepare_inpaint(scheduler, image, mask_image, masked_image_latents, height, width,
                                          padding_mask_crop, ladder, strength, batch, dtype, device, generator, latents,

@@ -60,6 +60,16 @@ def test_batch_ancestral_generators(kind):
     assert max_diff(a.images, b.images) < TOL
 
 
+@pytest.mark.parametrize("kind", ["sd", "xl4"])
+def test_mask_of_another_size_is_resized_with_a_warning(kind, caplog):
+    ref, mine = _pairs(kind)
+    mask = to_pil(mask_tensor(size=24))
+    with caplog.at_level("WARNING", logger="impasto"):
+        a, b = run_both(ref, mine, prompt=PROMPT, image=image_tensor(), mask_image=mask, strength=0.9)
+    assert "mask_image: size 24x24 (HxW) differs from the image's 32x32" in caplog.text
+    assert b.images.shape == (1, 32, 32, 3) and max_diff(a.images, b.images) < TOL
+
+
 @pytest.mark.parametrize("kind", ["sd", "xl9"])
 def test_padding_mask_crop(kind):
     ref, mine = _pairs(kind)
@@ -122,8 +132,9 @@ def test_bad_input():
     _, mine = _pairs("sd")
     _, xl = _pairs("xl9")
     for pipe in (mine, xl):
-        with pytest.raises(ValueError, match="mask_image"):
-            pipe(prompt=PROMPT, image=image_tensor(), mask_image=mask_tensor(size=24), num_inference_steps=2)
+        with pytest.raises(ValueError, match="mask_image.*padding_mask_crop"):  # the crop box would be misplaced
+            pipe(prompt=PROMPT, image=to_pil(image_tensor()), mask_image=to_pil(mask_tensor(size=24)),
+                 padding_mask_crop=2, num_inference_steps=2)
         with pytest.raises(ValueError, match="mask_image"):
             pipe(prompt=PROMPT, image=image_tensor(), num_inference_steps=2)
         with pytest.raises(ValueError, match="padding_mask_crop"):

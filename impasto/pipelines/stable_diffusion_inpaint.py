@@ -32,7 +32,7 @@ class InpaintMixin:
                        height, width):
         latent_channels = self.vae.config.latent_channels
         check_image(image, latent_channels)
-        inpaint.check_mask(image, mask_image, latent_channels)
+        inpaint.check_mask(image, mask_image, latent_channels, crop=padding_mask_crop is not None)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
         for name, value in (("height", height), ("width", width)):

@@ -48,9 +48,10 @@ def image_size(image) -> tuple[int, int]:
     return tuple(item.shape[-2:])
 
 
-def check_mask(image, mask_image, latent_channels: int = 4):
-    """ValueError naming mask_image when it is missing or of another size than the image (latent images are
-    exempt: their size is in latent pixels)."""
+def check_mask(image, mask_image, latent_channels: int = 4, crop: bool = False):
+    """ValueError naming mask_image when it is missing. A mask of another size than the image is resized to the
+    output size with it, as diffusers does, with a warning; with `crop` (padding_mask_crop reads its box off the
+    mask and cuts the image there) it is an error (latent images are exempt: their size is in latent pixels)."""
     if mask_image is None:
         raise ValueError("mask_image: required for inpainting (white = repaint, black = keep)")
     if isinstance(mask_image, list) and not mask_image:
@@ -60,9 +61,12 @@ def check_mask(image, mask_image, latent_channels: int = 4):
     if isinstance(item, torch.Tensor) and item.ndim >= 3 and item.shape[-3] == latent_channels:
         return
     isize = image_size(image)
-    if tuple(isize) != tuple(msize):
-        raise ValueError(f"mask_image: size {msize[0]}x{msize[1]} (HxW) differs from the image's "
-                         f"{isize[0]}x{isize[1]}; give a mask of the image's size")
+    if tuple(isize) == tuple(msize):
+        return
+    message = f"mask_image: size {msize[0]}x{msize[1]} (HxW) differs from the image's {isize[0]}x{isize[1]}"
+    if crop:
+        raise ValueError(f"{message}; padding_mask_crop needs a mask of the image's size")
+    logger.warning("%s; both are resized to the output size", message)
 
 
 def shape_mask(mask):

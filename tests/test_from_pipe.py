@@ -42,7 +42,7 @@ def test_components_are_shared(pair):
         assert getattr(new, name) is component, name
     assert _tensors(new) == _tensors(pair.mine)  # no parameter or buffer allocated anew
     assert new.config.requires_safety_checker is False and new.config.unet == pair.mine.config.unet
-    assert new._name_or_path == pair.mine._name_or_path
+    assert new.name_or_path == pair.mine.name_or_path is not None
     # the base class keeps the source's class (diffusers' DiffusionPipeline.from_pipe raises instead)
     assert type(impasto.DiffusionPipeline.from_pipe(pair.mine)) is type(pair.mine)
 

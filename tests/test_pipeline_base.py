@@ -261,3 +261,18 @@ def test_deepcopy_and_pickle_of_configured_objects(pair):
     pipe = copy.deepcopy(pair.mine)
     assert pipe.unet is not pair.mine.unet
     assert max_diff(_run(pipe), _run(pair.mine)) == 0.0
+
+
+def test_name_or_path_as_diffusers(pair):
+    import impasto
+
+    folder = str(pair.folder)
+    theirs = pair.ref  # built from components, as the diffusers side of the pair is
+    assert pair.mine.name_or_path == folder and pair.mine.config._name_or_path == folder
+    assert pair.mine.unet.config._name_or_path == str(pair.folder / "unet")  # diffusers: the component's folder
+    assert impasto.StableDiffusionImg2ImgPipeline.from_pipe(pair.mine).name_or_path == folder
+    assert impasto.StableDiffusionPipeline(**pair.mine.components).name_or_path is None
+    assert theirs.name_or_path is None
+    unet = impasto.UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    assert unet.config._name_or_path == folder
+    assert pair.mine.to("cpu", silence_dtype_warnings=True) is pair.mine

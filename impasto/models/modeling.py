@@ -101,7 +101,7 @@ class ModelMixin(nn.Module, ConfigMixin):
         model = cls.from_config_and_state(config, state, file, dtype=dtype, **config_overrides)
         if device is not None:
             model.to(device)
-        model._name_or_path = str(pretrained_model_name_or_path)
+        model.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return model.eval()
 
     @classmethod

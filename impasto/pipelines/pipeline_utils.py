@@ -118,8 +118,15 @@ class DiffusionPipeline(ConfigMixin, MemoryMixin):
     def _execution_device(self) -> torch.device:
         return getattr(self, "_offload_device", None) or self.device
 
+    @property
+    def name_or_path(self) -> str | None:
+        """The folder or hub id the pipeline was loaded from (None when built from components)."""
+        return self.config.get("_name_or_path")
+
     def to(self, *args, **kwargs) -> "DiffusionPipeline":
-        """`to(device)`, `to(dtype)`, `to(device, dtype)` or keywords device= / dtype= (torch_dtype=)."""
+        """`to(device)`, `to(dtype)`, `to(device, dtype)` or keywords device= / dtype= (torch_dtype=);
+        diffusers' `silence_dtype_warnings` is accepted (impasto warns about no dtype there)."""
+        kwargs.pop("silence_dtype_warnings", None)
         device = kwargs.pop("device", None)
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         if kwargs:
@@ -188,6 +195,9 @@ class DiffusionPipeline(ConfigMixin, MemoryMixin):
             else:
                 comp_dtype = _component_dtype(dtype, name)
                 components[name] = _load_component(path, name, library, class_name, comp_dtype, model_kw, hub)
+                model = components[name]
+                if isinstance(model, ConfigMixin) and isinstance(model, torch.nn.Module):  # as diffusers: models
+                    model.register_to_config(_name_or_path=str(Path(path) / name))  # name their own folder
         for name, p in params.items():
             if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in components:
                 continue
@@ -204,7 +214,7 @@ class DiffusionPipeline(ConfigMixin, MemoryMixin):
         if kwargs:
             logger.warning("from_pretrained: %s not used by %s", ", ".join(sorted(kwargs)), pipe_cls.__name__)
         pipe = pipe_cls(**components, **config_args)
-        pipe._name_or_path = str(pretrained_model_name_or_path)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         for _, m in pipe._torch_modules():
             m.eval()
         if device is not None:
@@ -263,7 +273,7 @@ class DiffusionPipeline(ConfigMixin, MemoryMixin):
         new = pipe_cls(**args)
         kept = {k if k.startswith("_") else f"_{k}": v for k, v in config.items() if k.lstrip("_") not in new.config}
         new.register_to_config(**kept)
-        for attr in ("_name_or_path", "_offload_device", "_offload_hooks", "_offload_resident"):
+        for attr in ("_offload_device", "_offload_hooks", "_offload_resident"):
             if attr in vars(pipeline):  # offload hooks sit on the shared modules, so their state comes along
                 setattr(new, attr, getattr(pipeline, attr))
         if dtype is not None:

@@ -97,8 +97,6 @@ class SlicingTilingMixin:
 
 
 class AutoencoderKL(SlicingTilingMixin, ModelMixin):
-    _supports_gradient_checkpointing = False
-
     @register_to_config
     def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types=("DownEncoderBlock2D",),
                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block: int = 1,

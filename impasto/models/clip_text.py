@@ -18,7 +18,7 @@ from torch import nn
 from ..outputs import BaseOutput
 from .attention import AttentionBackend, attention
 from .config import check_type, register_to_config
-from .layers import Embedding, Linear
+from .layers import Checkpointed, Embedding, Linear
 from .modeling import ModelMixin
 
 logger = logging.getLogger("impasto")
@@ -86,7 +86,7 @@ class CLIPMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class CLIPEncoderLayer(nn.Module):
+class CLIPEncoderLayer(Checkpointed):
     def __init__(self, dim: int, inner: int, heads: int, act: str, eps: float):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(dim, eps=eps)

@@ -72,3 +72,18 @@ class Embedding(nn.Embedding):
     def reset_parameters(self) -> None:
         if not self.weight.is_meta:
             super().reset_parameters()
+
+
+class Checkpointed(nn.Module):
+    """A block whose activations are recomputed during backward instead of kept, once its model's
+    `enable_gradient_checkpointing()` (diffusers) or `gradient_checkpointing_enable()` (transformers) is called:
+    only while training with gradients on; results and gradients are unchanged."""
+
+    gradient_checkpointing = False
+
+    def __call__(self, *args, **kwargs):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(super().__call__, *args, use_reentrant=False, **kwargs)
+        return super().__call__(*args, **kwargs)

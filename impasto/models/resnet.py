@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Conv2d, Linear
+from .layers import Checkpointed, Conv2d, Linear
 
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -98,7 +98,7 @@ class Upsample2D(nn.Module):
         return hidden_states
 
 
-class ResnetBlock2D(nn.Module):
+class ResnetBlock2D(Checkpointed):
     """GroupNorm -> act -> conv -> (+ time embedding) -> GroupNorm -> act -> conv, plus a (1x1 conv) shortcut.
 
     `time_embedding_norm="scale_shift"` applies the embedding as h * (1 + scale) + shift after norm2;

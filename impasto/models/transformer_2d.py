@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
-from .layers import Conv2d, Linear
+from .layers import Checkpointed, Conv2d, Linear
 
 
 def mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -53,7 +53,7 @@ class FeedForward(nn.Module):
         return hidden_states
 
 
-class BasicTransformerBlock(nn.Module):
+class BasicTransformerBlock(Checkpointed):
     """Pre-norm transformer layer over (batch, tokens, dim).
 
     `only_cross_attention`: attn1 also attends to the text (no self-attention anywhere).

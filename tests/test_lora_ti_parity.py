@@ -111,6 +111,30 @@ def test_two_adapters_with_weights(sd_folder, lora_dir):
         ours.set_adapters(["nope"])
 
 
+def test_component_and_block_weights(sd_folder, lora_dir):
+    """set_adapters with a dict per adapter: per component, and per UNet level / block / transformer layer."""
+    theirs = diffusers_pipe(sd_folder)
+    ours = impasto.StableDiffusionPipeline.from_pretrained(sd_folder)
+    for pipe in (theirs, ours):
+        pipe.load_lora_weights(str(lora_dir), adapter_name="a")
+        pipe.load_lora_weights(str(lora_dir), adapter_name="b")
+    full = run(ours)
+    cases = [("a", {"unet": 0.3, "text_encoder": 1.5}), ("a", {"text_encoder": 0.5}),
+             (["a", "b"], [{"unet": {"down": 0.5, "mid": 2.0, "up": 0.2}}, 0.4]),
+             ("a", {"unet": {"up": {"block_0": [0.1, 1.2]}, "down": {"block_1": [0.3]}}})]
+    for names, weights in cases:
+        theirs.set_adapters(names, weights)
+        ours.set_adapters(names, weights)
+        got = run(ours)
+        np.testing.assert_allclose(got, run(theirs), atol=1e-3, err_msg=str(weights))
+        assert np.abs(got - full).max() > 1e-3
+    for bad, match in [({"unet": {"up": {"block_1": 1.0}}}, "up has no transformer layers"),  # (diffusers: ignored)
+                       ({"unet": {"down": {"block_1": [1.0, 2.0]}}}, "expected 1 weights for down.block_1"),
+                       ({"down": 0.5}, "not components"), ({"text_encoder": {"down": 0.5}}, "unet only")]:
+        with pytest.raises(ValueError, match=match):
+            ours.set_adapters("a", bad)
+
+
 def _embedding(dim, n=1, seed=5):
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)) * 0.5
 

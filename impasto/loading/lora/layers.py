@@ -72,9 +72,13 @@ def attach(module: nn.Module, adapter_name: str, weights: dict[str, LoraWeights]
         layer._lora.active[adapter_name] = 1.0
 
 
-def set_active(module: nn.Module, names: list[str], weights: list[float]) -> None:
-    for _, st in states(module):
-        st.active = {n: w for n, w in zip(names, weights) if n in st.adapters}
+def set_active(module: nn.Module, names: list[str], weights: list) -> None:
+    """Activate `names` with `weights`: per adapter a number, or {layer-name prefix: weight} (block_weights)."""
+    from .block_weights import layer_weight
+
+    layer_names = {id(m): n for n, m in module.named_modules()}
+    for layer, st in states(module):
+        st.active = {n: layer_weight(w, layer_names[id(layer)]) for n, w in zip(names, weights) if n in st.adapters}
 
 
 def set_scale(module: nn.Module, scale: float) -> None:

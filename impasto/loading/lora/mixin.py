@@ -138,21 +138,48 @@ class LoraLoaderMixin:
             layers.remove(m, names)
 
     def set_adapters(self, adapter_names, adapter_weights=None):
+        """Activate adapters with weights, as diffusers: one number for all, one entry per adapter, and each
+        entry a number or a dict per component ({"unet": 0.5, "text_encoder": 1.0}; components left out keep 1),
+        the UNet's number possibly per block ({"down": 0.5, "mid": 1, "up": {"block_1": [0.2, 0.4, 0.6]}})."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        if adapter_weights is None:
-            weights = [1.0] * len(names)
-        elif isinstance(adapter_weights, (int, float)):
-            weights = [float(adapter_weights)] * len(names)
+        if adapter_weights is None or isinstance(adapter_weights, (int, float, dict)):
+            weights = [adapter_weights] * len(names)
         else:
             weights = list(adapter_weights)
         if len(weights) != len(names):
             raise ValueError(f"adapter_weights: expected {len(names)} values (one per adapter), got {len(weights)}")
-        loaded = set().union(*(layers.adapter_names(m) for m in self._lora_components().values()))
+        components = self._lora_components()
+        loaded = set().union(*(layers.adapter_names(m) for m in components.values()))
         missing = [n for n in names if n not in loaded]
         if missing:
             raise ValueError(f"adapter_names: {missing} not loaded; loaded adapters: {sorted(loaded)}")
-        for m in self._lora_components().values():
-            layers.set_active(m, names, weights)
+        for name, w in zip(names, weights):
+            if not isinstance(w, dict):
+                continue
+            if set(w) - set(LORA_COMPONENTS):  # diffusers drops such keys with a warning, which hides typos
+                raise ValueError(f"adapter_weights for {name!r}: keys {sorted(set(w) - set(LORA_COMPONENTS))} are not "
+                                 f"components; expected some of {list(components)} (UNet block weights go under "
+                                 f"'unet': {{'unet': {{'down': ..., 'mid': ..., 'up': ...}}}})")
+            if set(w) - set(components):
+                logger.warning("adapter_weights for %r: %s ignored, this pipeline has LoRA components %s", name,
+                               sorted(set(w) - set(components)), sorted(components))
+        for comp, m in components.items():
+            layers.set_active(m, names, [self._component_weight(comp, w) for w in weights])
+
+    def _component_weight(self, comp: str, weight):
+        from .block_weights import expand_unet_weights
+
+        if isinstance(weight, dict):
+            weight = weight.get(comp)  # a per-component dict
+        if weight is None:
+            return 1.0
+        if isinstance(weight, dict):
+            if comp != "unet":
+                raise ValueError(f"adapter_weights: block weights apply to the unet only, not {comp}")
+            return expand_unet_weights(self.unet, weight)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"adapter_weights: expected numbers or dicts, got {weight!r}")
+        return float(weight)
 
     def get_active_adapters(self) -> list[str]:
         out = []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFilter
 import torch
 
 from .models.config import ConfigMixin, read_json, register_to_config
@@ -88,6 +89,38 @@ class VaeImageProcessor(ConfigMixin):
     @staticmethod
     def denormalize(images):
         return (images * 0.5 + 0.5).clamp(0, 1) if isinstance(images, torch.Tensor) else np.clip(images * 0.5 + 0.5, 0, 1)
+
+    # ---- PIL helpers of diffusers' API (the inpainting docs use blur, get_crop_region, apply_overlay) ----
+    @staticmethod
+    def convert_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+        return image.convert("RGB")
+
+    @staticmethod
+    def convert_to_grayscale(image: PIL.Image.Image) -> PIL.Image.Image:
+        return image.convert("L")
+
+    @staticmethod
+    def blur(image: PIL.Image.Image, blur_factor: int = 4) -> PIL.Image.Image:
+        """Gaussian blur of radius `blur_factor` (soft mask edges)."""
+        return image.filter(PIL.ImageFilter.GaussianBlur(blur_factor))
+
+    @staticmethod
+    def get_crop_region(mask_image: PIL.Image.Image, width: int, height: int, pad: int = 0):
+        from .tasks.inpaint import get_crop_region
+
+        return get_crop_region(mask_image, width, height, pad)
+
+    def binarize(self, image):
+        """Values below 0.5 to 0, the rest to 1 (in place, as diffusers)."""
+        image[image < 0.5] = 0
+        image[image >= 0.5] = 1
+        return image
+
+    def apply_overlay(self, mask: PIL.Image.Image, init_image: PIL.Image.Image, image: PIL.Image.Image,
+                      crop_coords=None) -> PIL.Image.Image:
+        from .tasks.inpaint import apply_overlay
+
+        return apply_overlay(self, mask, init_image, image, crop_coords)
 
     def get_default_height_width(self, image, height: int | None = None, width: int | None = None):
         """The image's own size (or the given one), rounded down to a multiple of vae_scale_factor."""

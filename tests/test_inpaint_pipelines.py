@@ -128,6 +128,26 @@ def test_crop_region_and_overlay_match_diffusers():
         assert np.array_equal(np.asarray(mine), np.asarray(Ref().apply_overlay(mask, init, out, crop)))
 
 
+def test_image_processor_helpers_match_diffusers():
+    from diffusers.image_processor import VaeImageProcessor as Ref
+
+    from impasto.image_processor import VaeImageProcessor
+
+    rng = np.random.RandomState(1)
+    mask = PIL.Image.fromarray((rng.rand(40, 48) > 0.7).astype(np.uint8) * 255)
+    rgb = PIL.Image.fromarray(rng.randint(0, 255, (40, 48, 3), np.uint8))
+    mine, ref = VaeImageProcessor(), Ref()
+    for name in ("convert_to_rgb", "convert_to_grayscale"):
+        assert np.array_equal(np.asarray(getattr(mine, name)(rgb)), np.asarray(getattr(ref, name)(rgb)))
+    for factor in (1, 4):
+        assert np.array_equal(np.asarray(mine.blur(mask, blur_factor=factor)), np.asarray(ref.blur(mask, factor)))
+    assert mine.get_crop_region(mask, 32, 32, pad=2) == ref.get_crop_region(mask, 32, 32, pad=2)
+    soft = torch.rand(1, 1, 8, 8, generator=gen(0))
+    assert torch.equal(mine.binarize(soft.clone()), ref.binarize(soft.clone()))
+    out = PIL.Image.fromarray(rng.randint(0, 255, (40, 48, 3), np.uint8))
+    assert np.array_equal(np.asarray(mine.apply_overlay(mask, rgb, out)), np.asarray(ref.apply_overlay(mask, rgb, out)))
+
+
 def test_bad_input():
     _, mine = _pairs("sd")
     _, xl = _pairs("xl9")

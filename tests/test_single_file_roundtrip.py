@@ -81,6 +81,26 @@ def test_forbidden_pickle_is_refused(tmp_path):
         pipeline_from_single_file(impasto.StableDiffusionPipeline, file)
 
 
+def test_file_that_is_no_checkpoint_is_named_so(tmp_path):
+    for name, data in (("page.ckpt", b"<!DOCTYPE html><html>Civitai</html>"), ("notes.bin", b"hello"),
+                       ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match="not a PyTorch checkpoint") as e:
+            pipeline_from_single_file(impasto.StableDiffusionPipeline, tmp_path / name)
+        assert "refused" not in str(e.value) and name in str(e.value)
+
+
+def test_dtype_names_and_diffusers_loading_keywords(tmp_path):
+    folder = tiny.make_sd_folder(tmp_path, "sd1")
+    file = save_single_file(impasto.StableDiffusionPipeline.from_pretrained(folder), tmp_path / "m.safetensors")
+    pipe = impasto.StableDiffusionPipeline.from_single_file(str(file), torch_dtype="bfloat16", low_cpu_mem_usage=True,
+                                                            device_map="cpu")
+    assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16
+    assert impasto.UNet2DConditionModel.from_single_file(str(file), torch_dtype="float16").dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype"):
+        impasto.StableDiffusionPipeline.from_single_file(str(file), torch_dtype="float17")
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     folder = tiny.make_sd_folder(tmp_path, "sd1")
     pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)

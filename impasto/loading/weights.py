@@ -55,8 +55,15 @@ def _safe_globals():
 
 
 def safe_torch_load(file: str | os.PathLike) -> dict:
-    """torch.load with weights_only=True and the allow-list above; forbidden pickles raise ValueError."""
+    """torch.load with weights_only=True and the allow-list above; forbidden pickles raise ValueError, and so
+    does a file that is no PyTorch checkpoint at all (neither torch.save's zip archive nor a pickle)."""
     file = Path(file)
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if not _can_mmap(file) and not head.startswith(b"\x80"):  # pickles of protocol 2+ start with PROTO (0x80)
+        kind = "an HTML page" if head.lstrip()[:1] == b"<" else "empty" if not head else "not a PyTorch checkpoint"
+        raise ValueError(f"{file}: not a PyTorch checkpoint (neither a zip archive nor a pickle; the file is "
+                         f"{kind}, starting {head!r}); was the download complete, and is it a .ckpt/.pt/.bin?")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             data = torch.load(file, map_location="cpu", weights_only=True, mmap=_can_mmap(file))

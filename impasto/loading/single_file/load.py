@@ -112,12 +112,20 @@ def load_components(path, config=None, original_config=None, prediction_type=Non
     return components, family
 
 
+def _dtype(dtype, torch_dtype):
+    """dtype= or torch_dtype= as a torch.dtype ("float16" and the like too), or None."""
+    from ...models.modeling import parse_dtype
+
+    return parse_dtype(dtype if dtype is not None else torch_dtype)
+
+
 def pipeline_from_single_file(cls, path, **kwargs):
     """`cls.from_single_file`: build the pipeline class `cls` from one checkpoint file."""
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(cls.__init__).parameters}
-    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    dtype = _dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
     known = {"config", "original_config", "prediction_type", "num_in_channels", "family"}
-    for ignored in ("local_files_only", "use_safetensors", "load_safety_checker", "cache_dir", "token", "revision"):
+    for ignored in ("local_files_only", "use_safetensors", "load_safety_checker", "cache_dir", "token", "revision",
+                    "low_cpu_mem_usage", "device_map", "force_download", "proxies"):
         kwargs.pop(ignored, None)
     unknown = set(kwargs) - known
     if unknown:
@@ -140,7 +148,7 @@ def pipeline_from_single_file(cls, path, **kwargs):
 
 def model_from_single_file(cls, path, config=None, dtype=None, torch_dtype=None, subfolder=None, **kwargs):
     """`UNet2DConditionModel.from_single_file` / `AutoencoderKL.from_single_file`."""
-    dtype = dtype or torch_dtype
+    dtype = _dtype(dtype, torch_dtype)
     state, configs = read_checkpoint(path)
     name = "unet" if cls.__name__ == "UNet2DConditionModel" else "vae"
     if name == "vae" and not any(k.startswith(K.VAE_PREFIX) for k in state):

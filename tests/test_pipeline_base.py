@@ -53,6 +53,42 @@ def test_variant_round_trip(pair, tmp_path):
     assert max_diff(_run(pipe), _run(pair.mine)) == 0.0
 
 
+def test_partial_variant_falls_back_per_component(pair, tmp_path, caplog):
+    """As on the hub: only the UNet has fp16 files; the other components load their regular weights, named."""
+    import shutil
+
+    import impasto
+
+    folder = tmp_path / "partial"
+    shutil.copytree(pair.folder, folder)
+    unet = folder / "unet"
+    for f in unet.glob("diffusion_pytorch_model*"):
+        f.unlink()
+    pair.mine.unet.save_pretrained(unet, variant="fp16")
+    with caplog.at_level("WARNING", logger="impasto"):
+        pipe = impasto.DiffusionPipeline.from_pretrained(folder, variant="fp16", scheduler=pair.mine.scheduler)
+    assert "text_encoder has no 'fp16' variant weights" in caplog.text and "unet has no" not in caplog.text
+    pipe.set_progress_bar_config(disable=True)
+    assert max_diff(_run(pipe), _run(pair.mine)) == 0.0
+    with pytest.raises(FileNotFoundError, match="fp16"):  # a model alone still names the missing variant
+        impasto.AutoencoderKL.from_pretrained(folder, subfolder="vae", variant="fp16")
+
+
+def test_sharded_variant_index_named_as_diffusers(pair, tmp_path):
+    import diffusers
+
+    import impasto
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    pair.mine.unet.save_pretrained(ours, variant="fp16", max_shard_size="200KB")
+    assert (ours / "diffusion_pytorch_model.safetensors.index.fp16.json").is_file()
+    pair.ref.unet.save_pretrained(theirs, variant="fp16", max_shard_size="200KB")
+    want = pair.mine.unet.state_dict()
+    for folder, lib in ((ours, diffusers), (theirs, impasto), (ours, impasto)):
+        got = lib.UNet2DConditionModel.from_pretrained(folder, variant="fp16").state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), (folder, lib)
+
+
 def test_overrides_dtypes_and_to(pair):
     import impasto
 

@@ -111,7 +111,7 @@ def load_file(file: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{file}: no such weight file")
     if file.suffix == ".safetensors":
         return load_safetensors(file)
-    if file.suffix == ".json" and file.name.endswith(".index.json"):
+    if file.suffix == ".json" and ".index." in file.name:
         return load_sharded(file)
     data = safe_torch_load(file)
     if "state_dict" in data and isinstance(data["state_dict"], dict):
@@ -156,6 +156,15 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key is not None:
             seen.add(key)
     return out
+
+
+def index_names(base: str, variant: str | None) -> list[str]:
+    """Shard index names of a weights file, diffusers' / transformers' first
+    (diffusion_pytorch_model.safetensors.index.fp16.json), then diffusion_pytorch_model.fp16.safetensors.index.json
+    (what impasto wrote before 2026-11-24)."""
+    if not variant:
+        return [f"{base}.index.json"]
+    return [f"{base}.index.{variant}.json", f"{weight_name(base, variant)}.index.json"]
 
 
 def weight_name(base: str, variant: str | None) -> str:

@@ -121,7 +121,7 @@ class ModelMixin(nn.Module, ConfigMixin):
             names = [n for n in names if not n.endswith(".safetensors")]
         tried = []
         for base in names:
-            for candidate in (W.weight_name(base, variant), W.weight_name(base, variant) + ".index.json"):
+            for candidate in (W.weight_name(base, variant), *W.index_names(base, variant)):
                 tried.append(candidate)
                 found = resolve_file(path, candidate, subfolder, required=False, **hub)
                 if found is not None:
@@ -225,4 +225,5 @@ class ModelMixin(nn.Module, ConfigMixin):
             weight_map.update({k: shard_name for k in shard})
         index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
                  "weight_map": weight_map}
-        (save_directory / f"{name}.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+        index_name = W.index_names(base, variant)[0]
+        (save_directory / index_name).write_text(json.dumps(index, indent=2), encoding="utf-8")

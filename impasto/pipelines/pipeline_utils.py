@@ -341,4 +341,11 @@ def _load_component(path, name: str, library, class_name: str, dtype, model_kw: 
         if dtype is not None:
             args["dtype"] = dtype
     args = {k: v for k, v in args.items() if k in _accepts(loader, args)}
-    return loader(path, subfolder=name, **args)
+    try:
+        return loader(path, subfolder=name, **args)
+    except FileNotFoundError:
+        if not args.get("variant"):
+            raise
+    # as diffusers: hub repos often hold a variant for some components only; the others load their regular files
+    logger.warning("%s: %s has no %r variant weights; loading its regular weights", path, name, args["variant"])
+    return loader(path, subfolder=name, **{k: v for k, v in args.items() if k != "variant"})

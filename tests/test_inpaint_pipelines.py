@@ -60,6 +60,15 @@ def test_batch_ancestral_generators(kind):
     assert max_diff(a.images, b.images) < TOL
 
 
+@pytest.mark.parametrize("kind", ["xl4", "xlr"])
+def test_sdxl_crop_alone_matches_diffusers(kind):
+    """The negative time ids' crop, left out: the positive crop (base) or (0, 0) (refiner), as diffusers."""
+    ref, mine = _pairs(kind)
+    a, b = run_both(ref, mine, prompt=PROMPT, image=image_tensor(), mask_image=mask_tensor(), strength=0.8,
+                    crops_coords_top_left=(4, 4))
+    assert max_diff(a.images, b.images) < TOL
+
+
 @pytest.mark.parametrize("kind", ["sd", "xl4"])
 def test_mask_of_another_size_is_resized_with_a_warning(kind, caplog):
     ref, mine = _pairs(kind)

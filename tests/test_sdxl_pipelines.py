@@ -107,6 +107,13 @@ def test_base_img2img_no_aesthetics(xl):
     a, b = run_both(ref, mine, prompt=PROMPT, image=image_tensor(), strength=0.5, num_inference_steps=4,
                     target_size=(24, 24))
     assert max_diff(a.images, b.images) < TOL
+    # a crop alone: diffusers' negative time ids take the positive crop, and so do impasto's
+    a, b = run_both(ref, mine, prompt=PROMPT, image=image_tensor(), strength=0.5, num_inference_steps=4,
+                    crops_coords_top_left=(4, 4))
+    assert max_diff(a.images, b.images) < TOL
+    c = mine(prompt=PROMPT, image=image_tensor(), strength=0.5, num_inference_steps=4, crops_coords_top_left=(4, 4),
+             negative_crops_coords_top_left=(0, 0), output_type="np", generator=gen(0)).images
+    assert max_diff(c, b.images) > 1e-3  # given, the negative crop is used (diffusers ignores it here)
 
 
 @pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "HeunDiscreteScheduler",

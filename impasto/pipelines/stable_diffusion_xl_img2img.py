@@ -5,8 +5,8 @@ an aesthetic score instead of the target size. Ensemble of experts: the base pip
 `denoising_end=f, output_type="latent"`, this one continues the same schedule with `denoising_start=f`
 (the given latents are not noised again).
 
-One deliberate difference from diffusers 0.42: without an aesthetic score, the negative time ids use
-`negative_crops_coords_top_left` (diffusers reuses the positive crop there); with the defaults both agree.
+Negative crops as diffusers 0.42 sets them: left out, `negative_crops_coords_top_left` is the positive crop
+for the base model and (0, 0) for the refiner; given, it is used (diffusers ignores it for the base model).
 """
 from __future__ import annotations
 
@@ -89,6 +89,11 @@ class SDXLImageToImageMixin:
                              "raise strength or num_inference_steps")
         return ladder, n
 
+    def _negative_crops(self, crops, negative_crops):
+        if negative_crops is not None:
+            return negative_crops
+        return (0, 0) if self.config.requires_aesthetics_score else crops
+
     def _refiner_time_ids(self, sizes, aesthetic_score, negative_aesthetic_score, pooled, dtype):
         orig, crop, target, neg_orig, neg_crop, neg_target = sizes
         if self.config.requires_aesthetics_score:
@@ -134,7 +139,7 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
                  cross_attention_kwargs: dict[str, Any] | None = None, guidance_rescale: float = 0.0,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] = (0, 0),
                  target_size: tuple[int, int] | None = None, negative_original_size: tuple[int, int] | None = None,
-                 negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+                 negative_crops_coords_top_left: tuple[int, int] | None = None,
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
@@ -172,7 +177,8 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
                                           latent_channels=self.vae.config.latent_channels)
             hw = (latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
             sizes = _sizes(original_size, crops_coords_top_left, target_size, negative_original_size,
-                           negative_crops_coords_top_left, negative_target_size, hw)
+                           self._negative_crops(crops_coords_top_left, negative_crops_coords_top_left),
+                           negative_target_size, hw)
             add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2],
                                                       dtype)
             state = self._state(encoded, add_ids, neg_ids, batch, device)

@@ -46,7 +46,7 @@ class StableDiffusionXLInpaintPipeline(InpaintMixin, SDXLImageToImageMixin, Stab
                  cross_attention_kwargs: dict[str, Any] | None = None, guidance_rescale: float = 0.0,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] = (0, 0),
                  target_size: tuple[int, int] | None = None, negative_original_size: tuple[int, int] | None = None,
-                 negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+                 negative_crops_coords_top_left: tuple[int, int] | None = None,
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
@@ -82,7 +82,8 @@ class StableDiffusionXLInpaintPipeline(InpaintMixin, SDXLImageToImageMixin, Stab
             latents = prep["latents"]
             hw = (latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
             sizes = _sizes(original_size, crops_coords_top_left, target_size, negative_original_size,
-                           negative_crops_coords_top_left, negative_target_size, hw)
+                           self._negative_crops(crops_coords_top_left, negative_crops_coords_top_left),
+                           negative_target_size, hw)
             add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2],
                                                       dtype)
             state = self._state(encoded, add_ids, neg_ids, batch, device)

@@ -85,6 +85,10 @@ def test_img2img_matches_torch_and_encodes_pixels():
     # pixels: encoded by a posterior sample keyed from prng_seed, then the same program as latents
     pixels = pipe.prepare_image_inputs([np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)] * 2)
     assert pixels.shape == (2, 3, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
+    ids_too, pixels_too = pipe.prepare_inputs(PROMPTS, [np.random.default_rng(0).random((32, 32, 3))] * 2)  # diffusers'
+    assert np.array_equal(ids_too, ids) and np.array_equal(pixels_too, pixels)
+    with pytest.raises(ValueError, match="one image per prompt"):
+        pipe.prepare_inputs(PROMPTS, [np.zeros((32, 32, 3))])
     got = pipe(ids, pixels, params, key, strength=0.5, num_inference_steps=8, noise=noise.numpy()).images
     latents = jax.jit(encode_image, static_argnums=0)(pipe.vae, params["vae"], pixels, _fold(key, 1))
     via = pipe(ids, np.asarray(latents), params, key, strength=0.5, num_inference_steps=8, noise=noise.numpy()).images
@@ -129,6 +133,18 @@ def test_pmap_on_two_host_devices(pmap_job):
     tpipe.scheduler = impasto.PNDMScheduler.from_config(scheduler_config())
     ref = tpipe(PROMPTS, num_inference_steps=3, latents=latents, output_type="np").images
     assert max_diff(np.load(images), ref) < TOL
+
+
+def test_seed_forms():
+    """Int seeds (numpy's too), raw PRNGKeys and typed jax.random.key give the same raw key."""
+    from impasto.jax.utils import as_key
+
+    want = np.asarray(jax.random.PRNGKey(5))
+    for seed in (5, np.int64(5), jax.random.PRNGKey(5), jax.random.key(5)):
+        assert np.array_equal(np.asarray(as_key(seed)), want), seed
+    assert as_key(jax.random.split(jax.random.key(0), 2)).shape == (2, 2)
+    with pytest.raises(ValueError, match="prng_seed"):
+        as_key(True)
 
 
 def test_bad_arguments_raise():

@@ -37,6 +37,17 @@ def _fold(key, data: int):
 class FlaxStableDiffusionImg2ImgPipeline(FlaxPipelineBase):
     """Image-to-image with Stable Diffusion 1.x / 2.x in JAX; see the module docstring."""
 
+    def prepare_inputs(self, prompt, image=None):
+        """As diffusers: `prepare_inputs(prompt, image)` -> (token ids, pixels) (`prepare_image_inputs`); with
+        no image, the token ids alone (the text-to-image pipeline's form)."""
+        ids = super().prepare_inputs(prompt)
+        if image is None:
+            return ids
+        pixels = self.prepare_image_inputs(image)
+        if len(pixels) != len(ids):
+            raise ValueError(f"image: {len(pixels)} images for {len(ids)} prompts; give one image per prompt")
+        return ids, pixels
+
     def prepare_image_inputs(self, image) -> np.ndarray:
         """PIL images / numpy arrays (or a list) -> float32 (batch, 3, H, W) in [-1, 1], sized to a multiple of
         the VAE factor (the torch pipeline's preprocessing)."""

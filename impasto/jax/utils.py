@@ -63,10 +63,15 @@ def numpy_to_pil(images) -> list:
 
 
 def as_key(prng_seed):
-    """An int seed or a PRNG key -> a PRNG key."""
-    if isinstance(prng_seed, int):
-        return jax.random.PRNGKey(prng_seed)
+    """An int seed (numpy's too), a jax.random.PRNGKey or a typed jax.random.key (or one per device) -> a raw
+    uint32 PRNG key."""
+    import numbers
+
+    if isinstance(prng_seed, numbers.Integral) and not isinstance(prng_seed, bool):
+        return jax.random.PRNGKey(int(prng_seed))
     key = jnp.asarray(prng_seed)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
     if key.shape[-1:] != (2,) or key.dtype != jnp.uint32:
         raise ValueError(f"prng_seed: expected a jax.random.PRNGKey (or one per device), got shape "
                          f"{tuple(key.shape)} dtype {key.dtype}")

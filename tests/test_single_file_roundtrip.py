@@ -48,9 +48,36 @@ def test_plain_ckpt_is_read_by_shape_and_matches(tmp_path, family):
     assert configs == {}
     if family == "sd2":  # the original layout keeps one unused last text layer
         assert K.count_blocks(state, "cond_stage_model.model.transformer.resblocks.") == 3
-    again = pipeline_from_single_file(impasto.StableDiffusionPipeline, ckpt)
+    prediction = pipe.scheduler.config.prediction_type
+    again = pipeline_from_single_file(impasto.StableDiffusionPipeline, ckpt, prediction_type=prediction)
     assert again.unet.config.attention_head_dim == pipe.unet.config.attention_head_dim
     np.testing.assert_allclose(images(pipe), images(again), atol=1e-5)
+
+
+def test_prediction_type_defaults_as_diffusers(tmp_path):
+    """Plain files say nothing of it: SD 2.x is v-prediction unless its global_step is 875,000 (the 512-base
+    model), an original config's `parameterization` decides, and prediction_type= beats both."""
+    files = {}
+    for family in ("sd1", "sd2"):
+        pipe = impasto.StableDiffusionPipeline.from_pretrained(sfu.conforming_folder(tmp_path / family, family))
+        state, _ = read_checkpoint(save_single_file(pipe, tmp_path / f"{family}.safetensors"))
+        for step in (1, 875000):
+            files[family, step] = tmp_path / f"{family}-{step}.ckpt"
+            torch.save({"state_dict": state, "global_step": step}, files[family, step])
+
+    def prediction(family, step, **kw):
+        pipe = pipeline_from_single_file(impasto.StableDiffusionPipeline, files[family, step], **kw)
+        return pipe.scheduler.config.prediction_type
+
+    assert prediction("sd2", 1) == "v_prediction" and prediction("sd2", 875000) == "epsilon"
+    assert prediction("sd1", 1) == prediction("sd1", 875000) == "epsilon"
+    yaml = tmp_path / "v.yaml"
+    yaml.write_text('model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n    parameterization: "v"\n')
+    assert prediction("sd1", 1, original_config=str(yaml)) == "v_prediction"
+    assert prediction("sd2", 1, original_config={"model": {"params": {"parameterization": "eps"}}}) == "epsilon"
+    assert prediction("sd2", 1, prediction_type="epsilon") == "epsilon"
+    with pytest.raises(ValueError, match="original_config"):
+        prediction("sd1", 1, original_config="https://example.com/v1-inference.yaml")
 
 
 def test_diffusers_reads_our_single_file(tmp_path):

@@ -23,10 +23,23 @@ META_KEY = "impasto.configs"
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state dict, embedded configs or {}) from .safetensors (mmap) or .ckpt/.pt/.bin (safe unpickling)."""
+    state, configs, _ = read_checkpoint_with_step(path)
+    return state, configs
+
+
+def read_checkpoint_with_step(path: str | os.PathLike) -> tuple[dict, dict, int | None]:
+    """read_checkpoint, plus the training step a .ckpt records (`global_step`), else None."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    state = W.load_file(path)
+    step = None
+    if path.suffix == ".safetensors":
+        state = W.load_file(path)
+    else:
+        state = W.safe_torch_load(path)
+        step = state.get("global_step")
+        if isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
     configs = {}
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -35,7 +48,38 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
             meta = f.metadata() or {}
         if META_KEY in meta:
             configs = json.loads(meta[META_KEY])
-    return state, configs
+    return state, configs, step if isinstance(step, int) else None
+
+
+def original_parameterization(original_config) -> str | None:
+    """"v" or "eps" from an original (CompVis / A1111) YAML config: a dict, a path to the .yaml, or its text."""
+    if original_config is None:
+        return None
+    if isinstance(original_config, dict):
+        params = (original_config.get("model") or {}).get("params") or {}
+        return params.get("parameterization")
+    text = str(original_config)
+    if "\n" not in text and Path(os.path.expanduser(text)).is_file():
+        text = Path(os.path.expanduser(text)).read_text(encoding="utf-8")
+    elif "\n" not in text:
+        raise ValueError(f"original_config: {text!r} is no file; give a local .yaml path, its text or a dict "
+                         "(impasto does not download it)")
+    import re
+
+    found = re.search(r"^\s*parameterization:\s*[\"']?(\w+)", text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def default_prediction_type(family: str, original_config, global_step) -> str | None:
+    """What diffusers assumes when neither the file nor the caller says: an original config's parameterization
+    ("v" -> v_prediction), else SD 2.x is v-prediction (the 768-v models) unless the file says it stopped at
+    step 875,000 (the 512-base model); None keeps the family preset."""
+    parameterization = original_parameterization(original_config)
+    if parameterization is not None:
+        return "v_prediction" if parameterization == "v" else "epsilon"
+    if family == "sd2":
+        return "epsilon" if global_step == 875000 else "v_prediction"
+    return None
 
 
 def _folder_config(config_folder, subfolder, name="config.json"):
@@ -84,10 +128,8 @@ def load_components(path, config=None, original_config=None, prediction_type=Non
     """Every component of the checkpoint at `path`, plus the detected family."""
     import impasto
 
-    if original_config is not None:
-        logger.info("original_config is not needed: impasto reads the architecture from the checkpoint itself")
     source = str(path)
-    state, configs = read_checkpoint(path)
+    state, configs, step = read_checkpoint_with_step(path)
     family = family or configs.get("family") or detect_family(state)
     if family not in FAMILIES:
         raise ValueError(f"family: expected one of {sorted(FAMILIES)}, got {family!r}")
@@ -104,8 +146,15 @@ def load_components(path, config=None, original_config=None, prediction_type=Non
     for name, sub in (("tokenizer", "tokenizer"), ("tokenizer_2", "tokenizer_2")):
         if name.replace("tokenizer", "text_encoder") in components:
             components[name] = _tokenizer(family, config, sub)
-    scfg = configs.get("scheduler") or _folder_config(config, "scheduler", "scheduler_config.json") \
-        or dict(FAMILIES[family]["scheduler"])
+    scfg = configs.get("scheduler") or _folder_config(config, "scheduler", "scheduler_config.json")
+    if scfg is None:
+        scfg = dict(FAMILIES[family]["scheduler"])
+        guess = default_prediction_type(family, original_config, step) if prediction_type is None else None
+        if guess is not None:
+            logger.info("%s: prediction_type %r (%s); pass prediction_type= to choose", source, guess,
+                        "from original_config" if original_config is not None else
+                        f"SD 2.x, global_step {step}: diffusers' default")
+            scfg["prediction_type"] = guess
     if prediction_type is not None:
         scfg = {**scfg, "prediction_type": prediction_type}
     components["scheduler"] = getattr(impasto, scfg.get("_class_name", "PNDMScheduler")).from_config(scfg)

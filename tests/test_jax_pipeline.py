@@ -152,6 +152,10 @@ def test_bad_arguments_raise():
     ids, key = pipe.prepare_inputs(PROMPTS), jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="prompt_ids"):
         pipe(ids, params, key, jit=True)
+    from impasto.jax.utils import shard
+
+    with pytest.raises(ValueError, match="must be replicated"):  # sharded inputs, params never replicated
+        pipe(shard(ids), params, jax.random.split(key, jax.local_device_count()), jit=True)
     with pytest.raises(ValueError, match="height"):
         pipe(ids, params, key, height=30)
     with pytest.raises(ValueError, match="latents"):

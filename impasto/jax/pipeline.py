@@ -231,7 +231,10 @@ class FlaxPipelineBase:
 
     def _run(self, params, state, prompt_ids, neg_prompt_ids, prng_seed, init_latents, noise, mix, guidance_scale,
              batch_dims, jit, return_dict):
-        args = (self._model_params(params), state, jnp.asarray(prompt_ids),
+        models = self._model_params(params)
+        if jit:
+            _check_replicated(models, batch_dims[0])
+        args = (models, state, jnp.asarray(prompt_ids),
                 jnp.asarray(self._negative_ids(neg_prompt_ids, prompt_ids)),
                 self._key(prng_seed, jit, batch_dims[0]), init_latents, None if noise is None else jnp.asarray(noise),
                 mix, self._guidance(guidance_scale, batch_dims))
@@ -244,6 +247,16 @@ class FlaxPipelineBase:
         if not return_dict:
             return images, None
         return FlaxStableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+
+
+def _check_replicated(params: dict, devices: int) -> None:
+    """With jit=True (pmap) every parameter carries a leading axis of one copy per device."""
+    for name, tree in params.items():
+        for leaf in jax.tree_util.tree_leaves(tree):
+            if getattr(leaf, "ndim", 0) == 0 or leaf.shape[0] != devices:
+                raise ValueError(f"params: with jit=True the parameters must be replicated, one copy per device "
+                                 f"({devices}): pass replicate(params) (impasto.jax.utils or flax.jax_utils); "
+                                 f"params[{name!r}] has a leaf of shape {tuple(getattr(leaf, 'shape', ()))}")
 
 
 def _fixed_scheduler_config(config: dict) -> dict:

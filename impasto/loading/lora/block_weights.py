@@ -8,15 +8,12 @@ prefix its name contains, else the one of its block's attention of the same inde
 """
 from __future__ import annotations
 
-import copy
-
 
 def expand_unet_weights(unet, weights: dict, default: float = 1.0) -> dict[str, float]:
     """{layer prefix: weight} from a per-level dict (module docstring); ValueError naming what does not fit."""
     unknown = set(weights) - {"down", "mid", "up"}
     if unknown:
         raise ValueError(f"adapter_weights: UNet block weights take keys 'down', 'mid', 'up', got {sorted(unknown)}")
-    weights = copy.deepcopy(weights)
     mid = weights.get("mid", default)
     if isinstance(mid, list):
         if len(mid) != 1:

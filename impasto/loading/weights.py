@@ -60,13 +60,14 @@ def safe_torch_load(file: str | os.PathLike) -> dict:
     file = Path(file)
     with open(file, "rb") as f:
         head = f.read(4)
-    if not _can_mmap(file) and not head.startswith(b"\x80"):  # pickles of protocol 2+ start with PROTO (0x80)
+    is_zip = _can_mmap(file)
+    if not is_zip and not head.startswith(b"\x80"):  # pickles of protocol 2+ start with PROTO (0x80)
         kind = "an HTML page" if head.lstrip()[:1] == b"<" else "empty" if not head else "not a PyTorch checkpoint"
         raise ValueError(f"{file}: not a PyTorch checkpoint (neither a zip archive nor a pickle; the file is "
                          f"{kind}, starting {head!r}); was the download complete, and is it a .ckpt/.pt/.bin?")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            data = torch.load(file, map_location="cpu", weights_only=True, mmap=_can_mmap(file))
+            data = torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as e:  # torch raises UnpicklingError / RuntimeError with the offending global in the text
         text = str(e).strip().splitlines()
         why = text[0] if text else type(e).__name__
@@ -113,10 +114,12 @@ def load_file(file: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_safetensors(file)
     if file.suffix == ".json" and ".index." in file.name:
         return load_sharded(file)
-    data = safe_torch_load(file)
-    if "state_dict" in data and isinstance(data["state_dict"], dict):
-        data = data["state_dict"]
-    return data
+    return state_dict_of(safe_torch_load(file))
+
+
+def state_dict_of(data: dict) -> dict:
+    """The weights of a loaded checkpoint: its "state_dict" entry (Lightning / CompVis files), else itself."""
+    return data["state_dict"] if isinstance(data.get("state_dict"), dict) else data
 
 
 def load_sharded(index_file: str | os.PathLike) -> dict[str, torch.Tensor]:

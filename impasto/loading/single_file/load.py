@@ -32,23 +32,16 @@ def read_checkpoint_with_step(path: str | os.PathLike) -> tuple[dict, dict, int 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    step = None
-    if path.suffix == ".safetensors":
-        state = W.load_file(path)
-    else:
-        state = W.safe_torch_load(path)
-        step = state.get("global_step")
-        if isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-    configs = {}
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    if path.suffix != ".safetensors":
+        data = W.safe_torch_load(path)
+        step = data.get("global_step")
+        return W.state_dict_of(data), {}, step if isinstance(step, int) else None
+    from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if META_KEY in meta:
-            configs = json.loads(meta[META_KEY])
-    return state, configs, step if isinstance(step, int) else None
+    state = W.load_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return state, json.loads(meta[META_KEY]) if META_KEY in meta else {}, None
 
 
 def original_parameterization(original_config) -> str | None:

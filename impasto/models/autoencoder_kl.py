@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..outputs import BaseOutput
+from .attention_processor import AttentionProcessorMixin
 from .config import check_type, register_to_config
 from .layers import Conv2d
 from .modeling import ModelMixin
@@ -96,7 +97,7 @@ class SlicingTilingMixin:
         return fn(x)
 
 
-class AutoencoderKL(SlicingTilingMixin, ModelMixin):
+class AutoencoderKL(SlicingTilingMixin, AttentionProcessorMixin, ModelMixin):
     @register_to_config
     def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types=("DownEncoderBlock2D",),
                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block: int = 1,

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..outputs import BaseOutput
-from .attention import Attention, AttentionBackend, xformers_usable
+from .attention import AttentionBackend, xformers_usable
+from .attention_processor import AttentionProcessorMixin, AttnProcessor2_0, ProcessorKwargs
 from .config import register_to_config
 from .embeddings import TimestepEmbedding, Timesteps, text_time_embedding
 from .layers import Conv2d, Embedding
@@ -58,14 +59,16 @@ def timesteps_for_batch(timestep, batch: int, device: torch.device) -> torch.Ten
     return timestep.to(device).expand(batch)
 
 
-class UNetAttentionMixin:
+class UNetAttentionMixin(AttentionProcessorMixin):
     """Attention controls shared by the UNets (diffusers' method names); results do not change, memory does."""
 
-    def _attention_layers(self) -> list[Attention]:
-        return [m for m in self.modules() if isinstance(m, Attention)]
-
     def _set_backends(self, kind: str, slice_sizes=None) -> None:
-        for i, layer in enumerate(self._attention_layers()):
+        layers = self._attention_layers()
+        if any(layer.processor is not None for layer in layers):
+            logger.warning("%s: custom attention processors are replaced by the %s backend (as diffusers does)",
+                           type(self).__name__, kind)
+        for i, layer in enumerate(layers):
+            layer.set_processor(AttnProcessor2_0())
             size = None if slice_sizes is None else slice_sizes[i]
             layer_kind = "sdpa" if kind == "sliced" and size is None else kind  # slice size None = unsliced
             layer.attn_backend = AttentionBackend(layer_kind, size, layer.attn_backend.upcast)
@@ -93,11 +96,6 @@ class UNetAttentionMixin:
             if size is not None and not (isinstance(size, int) and 1 <= size <= h):
                 raise ValueError(f"slice_size: {size!r} must be an int between 1 and the layer's head count {h}")
         self._set_backends("sliced", sizes)
-
-    def set_default_attn_processor(self) -> None:
-        """Plain SDPA attention everywhere, unsliced and unfused."""
-        self._set_backends("sdpa")
-        self.unfuse_qkv_projections()
 
     def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
         if attention_op is not None:
@@ -320,12 +318,26 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         diffusers (the first to attn1, the second to the cross-attention). ControlNet residuals come as
         `down_block_additional_residuals` + `mid_block_additional_residual`; T2I-Adapter ones as
         `down_intrablock_additional_residuals`. `cross_attention_kwargs["scale"]` (LoRA) is applied by the LoRA
-        loader, not here.
+        loader, not here; its other keys go to custom attention processors (`set_attn_processor`).
         """
-        if cross_attention_kwargs:
-            unknown = tuple(sorted(k for k in cross_attention_kwargs if k != "scale"))
-            if unknown:
-                _warn_once(("xattn", unknown), "cross_attention_kwargs %s are not used by impasto's UNet", unknown)
+        extra = {k: v for k, v in cross_attention_kwargs.items() if k != "scale"} if cross_attention_kwargs else None
+        if extra:  # for custom attention processors (attention_processor.py), as in diffusers
+            custom = [layer for layer in self._attention_layers() if layer.processor is not None]
+            if not custom:
+                _warn_once(("xattn", tuple(sorted(extra))), "cross_attention_kwargs %s are not used: no attention "
+                           "layer of this UNet has a custom processor", sorted(extra))
+            with ProcessorKwargs(custom, extra):
+                return self._predict(sample, timestep, encoder_hidden_states, class_labels, timestep_cond,
+                                     attention_mask, added_cond_kwargs, down_block_additional_residuals,
+                                     mid_block_additional_residual, down_intrablock_additional_residuals,
+                                     encoder_attention_mask, return_dict)
+        return self._predict(sample, timestep, encoder_hidden_states, class_labels, timestep_cond, attention_mask,
+                             added_cond_kwargs, down_block_additional_residuals, mid_block_additional_residual,
+                             down_intrablock_additional_residuals, encoder_attention_mask, return_dict)
+
+    def _predict(self, sample, timestep, encoder_hidden_states, class_labels, timestep_cond, attention_mask,
+                 added_cond_kwargs, down_block_additional_residuals, mid_block_additional_residual,
+                 down_intrablock_additional_residuals, encoder_attention_mask, return_dict):
         if sample.ndim != 4:
             raise ValueError(f"sample: expected (batch, channels, height, width), got shape {tuple(sample.shape)}")
         factor = 2 ** self.num_upsamplers

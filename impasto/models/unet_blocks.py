@@ -142,7 +142,7 @@ def _pixel_attention(channels: int, attention_head_dim: int, eps: float, groups:
     """Self-attention over the pixels of a feature map, with its own GroupNorm and residual (LDM style)."""
     return Attention(channels, heads=channels // attention_head_dim, dim_head=attention_head_dim, bias=True,
                      norm_num_groups=groups, eps=eps, residual_connection=True,
-                     rescale_output_factor=output_scale_factor)
+                     rescale_output_factor=output_scale_factor, upcast_softmax=True)
 
 
 class AttnDownBlock2D(DownBlock2D):

@@ -21,7 +21,7 @@ from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 def vae_attention(channels: int, head_dim: int, groups: int | None, eps: float, rescale: float = 1.0) -> Attention:
     """The spatial self-attention of the VAE / UNet2DModel blocks (group norm inside, residual added)."""
     return Attention(channels, heads=channels // head_dim, dim_head=head_dim, bias=True, norm_num_groups=groups,
-                     eps=eps, residual_connection=True, rescale_output_factor=rescale)
+                     eps=eps, residual_connection=True, rescale_output_factor=rescale, upcast_softmax=True)
 
 
 class UNetMidBlock2D(nn.Module):

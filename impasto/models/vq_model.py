@@ -11,6 +11,7 @@ import torch
 
 from ..outputs import BaseOutput
 from .autoencoder_kl import DecoderOutput, check_autoencoder_config, check_image
+from .attention_processor import AttentionProcessorMixin
 from .config import register_to_config
 from .layers import Conv2d
 from .modeling import ModelMixin
@@ -22,7 +23,7 @@ class VQEncoderOutput(BaseOutput):
     latents: torch.Tensor
 
 
-class VQModel(ModelMixin):
+class VQModel(AttentionProcessorMixin, ModelMixin):
     @register_to_config
     def __init__(self, in_channels: int = 3, out_channels: int = 3, down_block_types=("DownEncoderBlock2D",),
                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block: int = 1,

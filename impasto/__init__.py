@@ -46,7 +46,9 @@ _EXPORTS = {
     "DPMSolverSinglestepScheduler": "schedulers.dpmsolver_singlestep",
     "DPMSolverSDEScheduler": "schedulers.dpmsolver_sde",
     "UniPCMultistepScheduler": "schedulers.unipc",
+    "DEISMultistepScheduler": "schedulers.deis_multistep",
     "LCMScheduler": "schedulers.lcm",
+    "TCDScheduler": "schedulers.tcd",
     "scheduler_from_name": "schedulers.names",
     # pipelines
     "DiffusionPipeline": "pipelines.pipeline_utils",

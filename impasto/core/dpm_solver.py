@@ -1,4 +1,4 @@
-"""The maths shared by DPM-Solver (multistep and singlestep, ODE and SDE) and UniPC, as pure functions.
+"""The maths shared by DPM-Solver (multistep and singlestep, ODE and SDE), UniPC and DEIS, as pure functions.
 
 Notation (Lu et al. 2022, Zhao et al. 2023): a schedule point is a VP pair (alpha, sigma) with
 x = alpha * x0 + sigma * eps, reached from the "VE" sigma that schedulers store as
@@ -166,6 +166,39 @@ def singlestep_differences(outputs, lambdas, lambda_t, heun: bool):
     d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
     d2 = 2.0 * (d1_1 - d1_0) / (r0 - r1)
     return h, base, d1, d2
+
+
+# ---- DEIS (log-rho) -----------------------------------------------------------------------------------------
+def deis_coefficients(rho_t: torch.Tensor, rhos: list) -> list:
+    """Weights of the multistep log-rho DEIS update (Zhang & Chen 2022, arXiv:2204.13902), for 2 or 3 points.
+
+    rho = sigma / alpha; `rhos` are the points whose noise predictions eps_j are stored, newest (the current
+    point) first. Weight j is the integral over rho, from rhos[0] to rho_t, of the Lagrange basis polynomial
+    in log rho that is 1 at rhos[j] and 0 at the other points, so that
+    x_t = alpha_t * (x_s / alpha_s + sum_j weight_j * eps_j). With u = log rho, the antiderivative of a
+    polynomial L(u) over rho is rho * (L - L' + L''). The polynomials are written out, and the other points
+    taken in turn after j, as diffusers writes them: a third-order step that extrapolates far in log rho
+    (a last step to a tiny sigma) amplifies rounding, and the same float32 operations keep it diffusers' rounding.
+    """
+    n = len(rhos)
+    if n not in (2, 3):
+        raise ValueError(f"rhos: DEIS weights need 2 or 3 points, got {n}")
+    logs = [torch.log(r) for r in rhos]
+    log_t = torch.log(rho_t)
+
+    def antiderivative(rho, u, log_j, others):
+        if n == 2:
+            (c,) = others
+            return rho * (-c + u - 1) / (log_j - c)
+        c, d = others
+        poly = c * (d - u + 1) - d * u + d + u**2 - 2 * u + 2  # (u - c)(u - d) - (2u - c - d) + 2
+        return rho * poly / ((log_j - c) * (log_j - d))
+
+    weights = []
+    for j, log_j in enumerate(logs):
+        others = [logs[(j + k) % n] for k in range(1, n)]
+        weights.append(antiderivative(rho_t, log_t, log_j, others) - antiderivative(rhos[0], logs[0], log_j, others))
+    return weights
 
 
 # ---- UniPC --------------------------------------------------------------------------------------------------

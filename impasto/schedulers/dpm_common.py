@@ -1,6 +1,7 @@
-"""What DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler and UniPCMultistepScheduler share:
-the training tables (alphas_cumprod, alpha_t, sigma_t, lambda_t), sigma ladders for `set_timesteps`,
-model-output conversion, noise drawing, `add_noise` and diffusers' step-index rules for this family.
+"""What DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler and
+DEISMultistepScheduler share: the training tables (alphas_cumprod, alpha_t, sigma_t, lambda_t), sigma ladders
+for `set_timesteps`, model-output conversion, the multistep order rule, noise drawing, `add_noise` and
+diffusers' step-index rules for this family.
 """
 from __future__ import annotations
 
@@ -48,6 +49,40 @@ class SolverSchedulerBase(SchedulerMixin):
             kind, in_sigmas, n, getattr(self.config, "sigma_min", None), getattr(self.config, "sigma_max", None)
         )
 
+    def _ladder_kind(self) -> str | None:
+        """'karras', 'exponential' or 'beta' where the config asks for that sigma ladder, else None."""
+        for kind in ("karras", "exponential", "beta"):
+            if self.config.get(f"use_{kind}_sigmas"):
+                return kind
+        return None
+
+    def _schedule(self, timesteps: np.ndarray, n: int, rounded: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(sigmas, timesteps) for `n` steps, without the final sigma: the config's ladder (karras / exponential /
+        beta, or use_lu_lambdas where the class has it) with timesteps read back from it (karras and lu ones
+        rounded where `rounded`), flow-matching sigmas, or else the training sigmas interpolated at `timesteps`."""
+        sigmas = self._train_sigmas()
+        log_sigmas = np.log(sigmas)
+        kind = self._ladder_kind() or ("lu" if self.config.get("use_lu_lambdas") else None)
+        if kind is not None:
+            if kind == "lu":
+                sigmas = dpm.lu_sigmas(np.flip(log_sigmas.copy()), n)
+            else:
+                sigmas = self._ladder(kind, np.flip(sigmas).copy(), n)
+            timesteps = schedule.sigma_to_t(sigmas, log_sigmas)
+            if rounded and kind in ("karras", "lu"):
+                timesteps = timesteps.round()
+            return sigmas, timesteps
+        if self.config.use_flow_sigmas:
+            return self._flow_sigmas(n)
+        return schedule.interp_sigmas(timesteps, sigmas), timesteps
+
+    def _set_schedule(self, sigmas: np.ndarray, last: float, timesteps: np.ndarray, device=None) -> None:
+        """Store `sigmas` + the final sigma `last` (float32) and int64 `timesteps`, and start a fresh run."""
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(timesteps)).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(timesteps)
+        self._reset_run(self.config.solver_order)
+
     def _sigma_min_train(self) -> torch.Tensor:
         return ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
 
@@ -74,6 +109,18 @@ class SolverSchedulerBase(SchedulerMixin):
         self.lower_order_nums = 0
         self._step_index = None
         self._begin_index = None
+
+    def _multistep_order(self, first_at_end: bool = False) -> int:
+        """Order of this step's multistep update (1-3): lower while the history fills up; with lower_order_final
+        and fewer than 15 steps, first and second order on the last two steps; first order on the last step
+        wherever `first_at_end` says so."""
+        cfg, n, i = self.config, len(self.timesteps), self.step_index
+        short = cfg.lower_order_final and n < 15
+        if cfg.solver_order == 1 or self.lower_order_nums < 1 or (i == n - 1 and (short or first_at_end)):
+            return 1
+        if cfg.solver_order == 2 or self.lower_order_nums < 2 or (i == n - 2 and short):
+            return 2
+        return 3
 
     # ---- points of the schedule ----------------------------------------------------------------------------
     def _alpha_sigma(self, sigma):

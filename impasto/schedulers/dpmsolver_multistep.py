@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ..core import dpm_solver as dpm
-from ..core import schedule
 from ..models.config import register_to_config
 from .base import SchedulerOutput
 from .dpm_common import SolverSchedulerBase
@@ -103,29 +102,9 @@ class DPMSolverMultistepScheduler(SolverSchedulerBase):
                 cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps - clipped,
                 cfg.num_train_timesteps, cfg.steps_offset,
             )
-        sigmas = self._train_sigmas()
-        log_sigmas = np.log(sigmas)
-        rounded = cfg.beta_schedule != "squaredcos_cap_v2"
-        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas:
-            kind = "karras" if cfg.use_karras_sigmas else "exponential" if cfg.use_exponential_sigmas else "beta"
-            sigmas = self._ladder(kind, np.flip(sigmas).copy(), num_inference_steps)
-            timesteps = schedule.sigma_to_t(sigmas, log_sigmas)
-            if kind == "karras" and rounded:
-                timesteps = timesteps.round()
-        elif cfg.use_lu_lambdas:
-            sigmas = dpm.lu_sigmas(np.flip(log_sigmas.copy()), num_inference_steps)
-            timesteps = schedule.sigma_to_t(sigmas, log_sigmas)
-            if rounded:
-                timesteps = timesteps.round()
-        elif cfg.use_flow_sigmas:
-            sigmas, timesteps = self._flow_sigmas(num_inference_steps)
-        else:
-            sigmas = schedule.interp_sigmas(timesteps, sigmas)
         last = self._sigma_min_train().item() if cfg.final_sigmas_type == "sigma_min" else 0.0
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(np.asarray(timesteps)).to(device=device, dtype=torch.int64)
-        self.num_inference_steps = len(timesteps)
-        self._reset_run(cfg.solver_order)
+        sigmas, timesteps = self._schedule(timesteps, num_inference_steps, cfg.beta_schedule != "squaredcos_cap_v2")
+        self._set_schedule(sigmas, last, timesteps, device)
 
     # ---- stepping ------------------------------------------------------------------------------------------
     def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
@@ -153,11 +132,7 @@ class DPMSolverMultistepScheduler(SolverSchedulerBase):
         self._require_timesteps()
         if self.step_index is None:
             self._init_step_index(timestep)
-        cfg, n, i = self.config, len(self.timesteps), self.step_index
-        short = cfg.lower_order_final and n < 15
-        final_first = i == n - 1 and (cfg.euler_at_final or short or cfg.final_sigmas_type == "zero")
-        final_second = i == n - 2 and short
-
+        cfg = self.config
         model_output = self.convert_model_output(model_output, sample=sample)
         self.model_outputs = self.model_outputs[1:] + [model_output]
         sample = sample.to(torch.float32)
@@ -168,12 +143,7 @@ class DPMSolverMultistepScheduler(SolverSchedulerBase):
             else:
                 noise = variance_noise.to(device=model_output.device, dtype=torch.float32)
 
-        if cfg.solver_order == 1 or self.lower_order_nums < 1 or final_first:
-            order = 1
-        elif cfg.solver_order == 2 or self.lower_order_nums < 2 or final_second:
-            order = 2
-        else:
-            order = 3
+        order = self._multistep_order(first_at_end=cfg.euler_at_final or cfg.final_sigmas_type == "zero")
         prev_sample = self._update(order, sample, noise)
         self.lower_order_nums = min(self.lower_order_nums + 1, cfg.solver_order)
         prev_sample = prev_sample.to(model_output.dtype)

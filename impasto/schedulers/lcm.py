@@ -68,13 +68,10 @@ class LCMScheduler(AlphaScheduler):
         """`num_inference_steps` evenly chosen from the `original_inference_steps` distillation timesteps
         (scaled by `strength` for img2img), or custom descending `timesteps`."""
         if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("LCMScheduler.set_timesteps: pass exactly one of num_inference_steps or timesteps")
-        total = self.config.num_train_timesteps
-        original = original_inference_steps if original_inference_steps is not None else self.config.original_inference_steps
-        if original > total:
-            raise ValueError(f"original_inference_steps={original} must not exceed num_train_timesteps={total}")
-        k = total // original
-        origin = np.asarray(list(range(1, int(original * strength) + 1))) * k - 1
+            raise ValueError(
+                f"{type(self).__name__}.set_timesteps: pass exactly one of num_inference_steps or timesteps"
+            )
+        origin, original = self._origin_timesteps(original_inference_steps, strength)
         if timesteps is not None:
             self._check_custom(timesteps, origin, original, strength)
             timesteps = np.array(timesteps, dtype=np.int64)
@@ -86,8 +83,9 @@ class LCMScheduler(AlphaScheduler):
             self._check_set_timesteps(num_inference_steps)
             if len(origin) // num_inference_steps < 1:
                 raise ValueError(
-                    f"num_inference_steps={num_inference_steps} exceeds original_inference_steps x strength = "
-                    f"{original} x {strength}; lower num_inference_steps or raise strength"
+                    f"num_inference_steps={num_inference_steps} exceeds the {len(origin)} timesteps of the "
+                    f"distillation schedule (original_inference_steps={original}, strength={strength}); lower "
+                    "num_inference_steps or raise strength"
                 )
             if num_inference_steps > original:
                 raise ValueError(f"num_inference_steps={num_inference_steps} must not exceed "
@@ -100,6 +98,18 @@ class LCMScheduler(AlphaScheduler):
         self._step_index = None
         self._begin_index = None
 
+    def _origin_timesteps(self, original_inference_steps, strength: float) -> tuple[np.ndarray, int]:
+        """(the ascending distillation timesteps that inference timesteps are picked from, their nominal count):
+        every (num_train_timesteps // original)-th timestep, the first int(original x strength) of them."""
+        total = self.config.num_train_timesteps
+        original = original_inference_steps
+        if original is None:
+            original = self.config.original_inference_steps
+        if original > total:
+            raise ValueError(f"original_inference_steps={original} must not exceed num_train_timesteps={total}")
+        k = total // original
+        return np.asarray(list(range(1, int(original * strength) + 1))) * k - 1, original
+
     def _check_custom(self, timesteps, origin, original, strength) -> None:
         total = self.config.num_train_timesteps
         if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
@@ -107,13 +117,19 @@ class LCMScheduler(AlphaScheduler):
         if timesteps[0] >= total:
             raise ValueError(f"timesteps: must start below num_train_timesteps={total}")
         if strength == 1.0 and timesteps[0] != total - 1:
-            logger.warning("LCMScheduler: custom timesteps start at %s, not %s", timesteps[0], total - 1)
+            logger.warning("%s: custom timesteps start at %s, not %s", type(self).__name__, timesteps[0], total - 1)
         outside = [t for t in timesteps[1:] if t not in set(origin)]
         if outside:
-            logger.warning("LCMScheduler: custom timesteps %s are not on the distillation schedule", outside)
+            logger.warning("%s: custom timesteps %s are not on the distillation schedule", type(self).__name__, outside)
         if len(timesteps) > original:
-            logger.warning("LCMScheduler: %d custom timesteps exceed original_inference_steps=%d",
+            logger.warning("%s: %d custom timesteps exceed original_inference_steps=%d", type(self).__name__,
                            len(timesteps), original)
+
+    def _start_step(self, timestep) -> None:
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}.step: call set_timesteps(num_inference_steps) first")
+        if self.step_index is None:
+            self._init_step_index(timestep)
 
     def get_scalings_for_boundary_condition_discrete(self, timestep):
         """(c_skip, c_out) of the consistency parameterisation at `timestep` (sigma_data = 0.5)."""
@@ -126,10 +142,7 @@ class LCMScheduler(AlphaScheduler):
     def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, generator=None,
              return_dict: bool = True):
         """Consistency-model x0 estimate, re-noised to the next timestep (except at the last step)."""
-        if self.num_inference_steps is None:
-            raise ValueError("LCMScheduler.step: call set_timesteps(num_inference_steps) first")
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         nxt = self.step_index + 1
         prev_timestep = self.timesteps[nxt] if nxt < len(self.timesteps) else timestep
         alpha_prod_t = self.alphas_cumprod[timestep]

@@ -156,8 +156,9 @@ class Attention(torch.nn.Module):
                                   attention_mask=attention_mask, **processor_kwargs(self.processor, kwargs))
         return self.compute(hidden_states, encoder_hidden_states, attention_mask)
 
-    def compute(self, hidden_states, encoder_hidden_states=None, attention_mask=None, backend=None):
-        """The built-in computation, with this layer's backend or `backend`."""
+    def compute(self, hidden_states, encoder_hidden_states=None, attention_mask=None, backend=None, extra=None):
+        """The built-in computation, with this layer's backend or `backend`. `extra(q, out)` may add to the
+        attention output before `to_out` (the IP-Adapter's image branch, models/ip_adapter.py)."""
         residual = hidden_states
         spatial = hidden_states.ndim == 4
         if spatial:
@@ -176,6 +177,8 @@ class Attention(torch.nn.Module):
             while mask.ndim < 4:
                 mask = mask.unsqueeze(1)
         out = attention(q, k, v, self.heads, mask=mask, backend=backend or self.attn_backend)
+        if extra is not None:
+            out = extra(q, out)
         out = self.to_out[0](out)
         if spatial:
             out = out.transpose(1, 2).reshape(b, c, h, w)

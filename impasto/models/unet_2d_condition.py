@@ -64,11 +64,13 @@ class UNetAttentionMixin(AttentionProcessorMixin):
 
     def _set_backends(self, kind: str, slice_sizes=None) -> None:
         layers = self._attention_layers()
-        if any(layer.processor is not None for layer in layers):
+        if any(layer.processor is not None and not getattr(layer.processor, "keeps_backend", False)
+               for layer in layers):
             logger.warning("%s: custom attention processors are replaced by the %s backend (as diffusers does)",
                            type(self).__name__, kind)
         for i, layer in enumerate(layers):
-            layer.set_processor(AttnProcessor2_0())
+            if not getattr(layer.processor, "keeps_backend", False):  # an IP-Adapter processor stays
+                layer.set_processor(AttnProcessor2_0())
             size = None if slice_sizes is None else slice_sizes[i]
             layer_kind = "sdpa" if kind == "sliced" and size is None else kind  # slice size None = unsliced
             layer.attn_backend = AttentionBackend(layer_kind, size, layer.attn_backend.upcast)
@@ -299,7 +301,7 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
                     raise ValueError(f"added_cond_kwargs: {key!r} is required (addition_embed_type is 'text_time')")
             add = text_time_embedding(self.add_time_proj, kwargs["text_embeds"], kwargs["time_ids"])
             emb = emb + self.add_embedding(add.to(emb.dtype))
-        elif added_cond_kwargs:
+        elif added_cond_kwargs and (self.encoder_hid_proj is None or set(added_cond_kwargs) != {"image_embeds"}):
             _warn_once(("added", tuple(added_cond_kwargs)), "added_cond_kwargs %s are not used: this UNet has no "
                        "addition_embed_type", sorted(added_cond_kwargs))
         if self.time_embed_act is not None:
@@ -318,7 +320,9 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         diffusers (the first to attn1, the second to the cross-attention). ControlNet residuals come as
         `down_block_additional_residuals` + `mid_block_additional_residual`; T2I-Adapter ones as
         `down_intrablock_additional_residuals`. `cross_attention_kwargs["scale"]` (LoRA) is applied by the LoRA
-        loader, not here; its other keys go to custom attention processors (`set_attn_processor`).
+        loader, not here; its other keys go to custom attention processors (`set_attn_processor`). With an
+        IP-Adapter loaded (`encoder_hid_proj`), `added_cond_kwargs["image_embeds"]` is required: a list with one
+        (batch, images, dim) tensor per adapter.
         """
         extra = {k: v for k, v in cross_attention_kwargs.items() if k != "scale"} if cross_attention_kwargs else None
         if extra:  # for custom attention processors (attention_processor.py), as in diffusers
@@ -335,6 +339,16 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
                              added_cond_kwargs, down_block_additional_residuals, mid_block_additional_residual,
                              down_intrablock_additional_residuals, encoder_attention_mask, return_dict)
 
+    def _with_image_tokens(self, encoder_hidden_states, added_cond_kwargs):
+        """(text states, [image tokens per adapter]) for the IP-Adapter processors, as diffusers' "ip_image_proj"."""
+        if self.config.encoder_hid_dim_type != "ip_image_proj":
+            raise ValueError(f"encoder_hid_dim_type: {self.config.encoder_hid_dim_type!r} is not supported by "
+                             "impasto's UNets (only 'ip_image_proj', set by load_ip_adapter)")
+        if not added_cond_kwargs or added_cond_kwargs.get("image_embeds") is None:
+            raise ValueError("added_cond_kwargs: 'image_embeds' is required while an IP-Adapter is loaded "
+                             "(pass ip_adapter_image or ip_adapter_image_embeds to the pipeline, or unload_ip_adapter)")
+        return encoder_hidden_states, self.encoder_hid_proj(added_cond_kwargs["image_embeds"])
+
     def _predict(self, sample, timestep, encoder_hidden_states, class_labels, timestep_cond, attention_mask,
                  added_cond_kwargs, down_block_additional_residuals, mid_block_additional_residual,
                  down_intrablock_additional_residuals, encoder_attention_mask, return_dict):
@@ -348,6 +362,8 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
             sample = 2 * sample - 1.0
 
         emb = self._embed(sample, timestep, class_labels, timestep_cond, added_cond_kwargs)
+        if self.encoder_hid_proj is not None:  # an IP-Adapter (impasto.loading.ip_adapter)
+            encoder_hidden_states = self._with_image_tokens(encoder_hidden_states, added_cond_kwargs)
         ctx = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                    encoder_attention_mask=encoder_attention_mask)
 

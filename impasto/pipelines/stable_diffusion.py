@@ -10,6 +10,7 @@ import torch
 from ..conditioning import sd as cond
 from ..core.guidance import guidance_scale_embedding
 from ..image_processor import VaeImageProcessor
+from ..loading.ip_adapter import IPAdapterMixin
 from ..loading.lora import LoraLoaderMixin
 from ..loading.single_file import pipeline_from_single_file
 from ..loading.textual_inversion import TextualInversionLoaderMixin
@@ -25,7 +26,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 SAFETY_MODES = ("blackout", "flag")
 
 
-class StableDiffusionBase(DiffusionPipeline):
+class StableDiffusionBase(DiffusionPipeline, IPAdapterMixin):
     """Components, prompt encoding, checks, decoding and the safety checker of the SD 1.x/2.x pipelines.
 
     `safety_mode`: "blackout" (default, as diffusers: flagged images are replaced by black) or "flag" (images
@@ -103,6 +104,11 @@ class StableDiffusionBase(DiffusionPipeline):
                                       prompt_embeds, negative_prompt_embeds, lora_scale, self.clip_skip, long_prompt)
         batched = torch.cat([neg, pos]) if self.do_classifier_free_guidance else pos
         return {"prompt_embeds": batched, "negative_prompt_embeds": neg}
+
+    def _added_cond(self, state: dict) -> dict:
+        """The UNet's added_cond_kwargs for one step: the IP-Adapter image embeddings, when given."""
+        image = self._image_cond(state)
+        return {"added_cond_kwargs": image} if image else {}
 
     # ---- checks --------------------------------------------------------------------------------------
     def _check_common(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
@@ -241,24 +247,26 @@ class StableDiffusionPipeline(StableDiffusionBase, LoraLoaderMixin, TextualInver
         legacy = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or legacy
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            raise ValueError("ip_adapter_image: IP-Adapter is not supported by impasto")
         height, width = self._default_size(height, width)
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._start_call(guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs)
+        self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
         with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
             return self._run(prompt, height, width, num_inference_steps, timesteps, sigmas, negative_prompt,
                              num_images_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-                             output_type, return_dict, callback_on_step_end, tensor_inputs, long_prompt)
+                             output_type, return_dict, callback_on_step_end, tensor_inputs, long_prompt,
+                             ip_adapter_image, ip_adapter_image_embeds)
 
     def _run(self, prompt, height, width, num_inference_steps, timesteps, sigmas, negative_prompt,
              num_images_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
-             return_dict, callback_on_step_end, tensor_inputs, long_prompt):
+             return_dict, callback_on_step_end, tensor_inputs, long_prompt, ip_adapter_image=None,
+             ip_adapter_image_embeds=None):
         device = self._execution_device
         batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
         state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                       num_images_per_prompt, device, long_prompt)
+        state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
         dtype = state["prompt_embeds"].dtype
         scheduler = self.scheduler
         ladder, num_inference_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
@@ -266,7 +274,7 @@ class StableDiffusionPipeline(StableDiffusionBase, LoraLoaderMixin, TextualInver
                                           self.vae_scale_factor, dtype, device, generator, latents)
         latents = denoise(self, scheduler, latents, ladder, state, num_inference_steps,
                           extra_step_kwargs=step_kwargs(scheduler, generator, eta),
-                          timestep_cond=self._timestep_cond(batch, device, latents.dtype),
+                          timestep_cond=self._timestep_cond(batch, device, latents.dtype), unet_kwargs=self._added_cond,
                           callback_on_step_end=callback_on_step_end,
                           callback_on_step_end_tensor_inputs=tensor_inputs)
         return self._finish(latents, output_type, generator, device, dtype, return_dict)

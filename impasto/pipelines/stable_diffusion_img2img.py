@@ -71,8 +71,6 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase, LoraLoaderMixin, Textu
         legacy = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or legacy
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            raise ValueError("ip_adapter_image: IP-Adapter is not supported by impasto")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
         latent_channels = self.vae.config.latent_channels
@@ -80,19 +78,22 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase, LoraLoaderMixin, Textu
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
+        self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
         with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
             return self._run(prompt, image, strength, num_inference_steps, timesteps, sigmas, negative_prompt,
                              num_images_per_prompt, eta, generator, prompt_embeds, negative_prompt_embeds,
-                             output_type, return_dict, callback_on_step_end, tensor_inputs, long_prompt)
+                             output_type, return_dict, callback_on_step_end, tensor_inputs, long_prompt,
+                             ip_adapter_image, ip_adapter_image_embeds)
 
     def _run(self, prompt, image, strength, num_inference_steps, timesteps, sigmas, negative_prompt,
              num_images_per_prompt, eta, generator, prompt_embeds, negative_prompt_embeds, output_type, return_dict,
-             callback_on_step_end, tensor_inputs, long_prompt):
+             callback_on_step_end, tensor_inputs, long_prompt, ip_adapter_image=None, ip_adapter_image_embeds=None):
         latent_channels = self.vae.config.latent_channels
         device = self._execution_device
         batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
         state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                       num_images_per_prompt, device, long_prompt)
+        state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
         dtype = state["prompt_embeds"].dtype
         pixels = self.image_processor.preprocess(_as_rgb(image))
         scheduler = self.scheduler
@@ -106,7 +107,7 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase, LoraLoaderMixin, Textu
                                           latent_channels)
         latents = denoise(self, scheduler, latents, ladder, state, num_inference_steps,
                           extra_step_kwargs=step_kwargs(scheduler, generator, eta),
-                          timestep_cond=self._timestep_cond(batch, device, latents.dtype),
+                          timestep_cond=self._timestep_cond(batch, device, latents.dtype), unet_kwargs=self._added_cond,
                           callback_on_step_end=callback_on_step_end,
                           callback_on_step_end_tensor_inputs=tensor_inputs)
         return self._finish(latents, output_type, generator, device, dtype, return_dict)

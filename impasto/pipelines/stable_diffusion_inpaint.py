@@ -123,8 +123,6 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
         legacy = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or legacy
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            raise ValueError("ip_adapter_image: IP-Adapter is not supported by impasto")
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self._check_inpaint(image, mask_image, masked_image_latents, padding_mask_crop, output_type, strength,
@@ -132,11 +130,13 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
+        self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
         with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
             device = self._execution_device
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                           num_images_per_prompt, device, long_prompt)
+            state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             dtype = state["prompt_embeds"].dtype
             scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
@@ -150,6 +150,7 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
             latents = denoise(self, scheduler, prep["latents"], ladder, state, n_steps,
                               extra_step_kwargs=step_kwargs(scheduler, generator, eta),
                               timestep_cond=self._timestep_cond(batch, device, prep["latents"].dtype),
+                              unet_kwargs=self._added_cond,
                               callback_on_step_end=callback_on_step_end,
                               callback_on_step_end_tensor_inputs=tensor_inputs,
                               **self._inpaint_hooks(scheduler, ladder, prep))

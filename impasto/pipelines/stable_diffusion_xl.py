@@ -140,8 +140,6 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
     def _check_sdxl(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
                     pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, output_type,
                     tensor_inputs, clip_skip, ip_adapter_image, ip_adapter_image_embeds):
-        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
-            raise ValueError("ip_adapter_image: IP-Adapter is not supported by impasto")
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         if prompt_2 is not None:
@@ -179,9 +177,9 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
         return {"prompt_embeds": pos.to(device), "add_text_embeds": pooled.to(device),
                 "add_time_ids": add_time_ids.to(device)}
 
-    @staticmethod
-    def _added_cond(state: dict) -> dict:
-        return {"added_cond_kwargs": {"text_embeds": state["add_text_embeds"], "time_ids": state["add_time_ids"]}}
+    def _added_cond(self, state: dict) -> dict:
+        return {"added_cond_kwargs": {"text_embeds": state["add_text_embeds"], "time_ids": state["add_time_ids"],
+                                      **self._image_cond(state)}}
 
     def _start_sdxl(self, guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs, denoising_end,
                     denoising_start=None):
@@ -191,6 +189,10 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
         if self._denoising_start is not None and self._denoising_end is not None and \
                 self._denoising_start >= self._denoising_end:
             raise ValueError(f"denoising_start: {denoising_start} must be below denoising_end ({denoising_end})")
+
+    def _ip_state(self, ip_adapter_image, ip_adapter_image_embeds, device, batch: int) -> dict:
+        self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
+        return self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch)
 
     def _encode_call(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
                      pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device):
@@ -284,6 +286,7 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
                 if negative_original_size is not None and negative_target_size is not None else pos_ids
             add_ids, neg_add_ids = self._add_time_ids(pos_ids, neg_ids, encoded[2], dtype)
             state = self._state(encoded, add_ids, neg_add_ids, batch, device)
+            state.update(self._ip_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(0)
             latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,

@@ -182,6 +182,7 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
             add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2],
                                                       dtype)
             state = self._state(encoded, add_ids, neg_ids, batch, device)
+            state.update(self._ip_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             latents = self._run_loop(scheduler, latents, ladder, state, n_steps, generator, eta, batch, device,
                                      callback_on_step_end, tensor_inputs)
             return self._finish_sdxl(latents, output_type, return_dict)

@@ -87,6 +87,7 @@ class StableDiffusionXLInpaintPipeline(InpaintMixin, SDXLImageToImageMixin, Stab
             add_ids, neg_ids = self._refiner_time_ids(sizes, aesthetic_score, negative_aesthetic_score, encoded[2],
                                                       dtype)
             state = self._state(encoded, add_ids, neg_ids, batch, device)
+            state.update(self._ip_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             state.update(mask=prep["mask"], masked_image_latents=prep["masked_image_latents"])
             ladder, cut = cut_at_end(scheduler, ladder, self._denoising_end)  # the blend needs the ladder as run
             n_steps = cut if cut is not None else n_steps

@@ -12,3 +12,15 @@ def _deterministic():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module on one torch thread (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models
+    run far faster so, above all on a loaded machine. Restores the thread count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

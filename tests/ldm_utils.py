@@ -140,16 +140,3 @@ def save_pipeline(pipeline_cls, components: dict, folder) -> Path:
     pipeline_cls(**components).save_pretrained(str(folder))
     return folder
 
-
-def _one_thread():
-    """Module fixture: run a test module on one torch thread (tiny models; spinning threads only cost time)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def one_thread_fixture():
-    import pytest
-
-    return pytest.fixture(scope="module", autouse=True)(_one_thread)

@@ -15,12 +15,7 @@ from unet_utils import CONFIGS, inputs, make_reference, max_diff
 from vae_utils import KL_CONFIGS, make_diffusers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

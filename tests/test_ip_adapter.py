@@ -16,12 +16,7 @@ TOL = 1e-3  # on [0, 1] pixels
 IMAGE_DIM = 24  # the tiny image encoder's projection_dim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def image_encoder():

@@ -6,13 +6,13 @@ import PIL.Image
 import pytest
 import torch
 
-from ldm_utils import make_superres_components, make_text2img_components, one_thread_fixture
+from ldm_utils import make_superres_components, make_text2img_components
 
 import impasto
 
 PROMPTS = ["a painting of a squirrel eating a burger", "a cat on the river"]
 
-_one_thread = one_thread_fixture()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed):

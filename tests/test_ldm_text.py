@@ -4,13 +4,13 @@ import logging
 import pytest
 import torch
 
-from ldm_utils import make_ldm_bert, varied_strings, vocab_tokens, write_vocab, one_thread_fixture
+from ldm_utils import make_ldm_bert, varied_strings, vocab_tokens, write_vocab
 
 import impasto
 
 STRINGS = varied_strings(200, seed=0)
 
-_one_thread = one_thread_fixture()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- LDMBertModel ------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from ldm_utils import make_superres_components, one_thread_fixture
+from ldm_utils import make_superres_components
 
 from impasto.commands import upscale
 
-_one_thread = one_thread_fixture()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

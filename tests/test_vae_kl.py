@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from impasto.models.autoencoder_kl import AutoencoderKL
-from vae_utils import KL_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
+from vae_utils import KL_CONFIGS, make_diffusers, max_diff, save
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = 1e-4
 

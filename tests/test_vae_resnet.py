@@ -6,7 +6,9 @@ import torch
 
 from impasto.models import resnet as ours
 from impasto.models.vae_blocks import UNetMidBlock2D
-from vae_utils import max_diff, one_thread  # noqa: F401
+from vae_utils import max_diff
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RESNETS = [
     dict(in_channels=8, out_channels=16, temb_channels=12, groups=4),

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from impasto.models.vq_model import VQModel
-from vae_utils import VQ_CONFIGS, make_diffusers, max_diff, one_thread, save  # noqa: F401
+from vae_utils import VQ_CONFIGS, make_diffusers, max_diff, save
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = 1e-4
 

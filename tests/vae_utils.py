@@ -4,22 +4,12 @@
     make_diffusers(cls_name, config, seed) -> diffusers model in eval mode, weights perturbed so every layer matters
     save(model, tmp_path) -> Path of a folder written by diffusers' save_pretrained
     max_diff(a, b) -> float
-    one_thread: module fixture running a test file on one intra-op thread (tiny tensors; restores after)
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 ENC1, DEC1 = "DownEncoderBlock2D", "UpDecoderBlock2D"
 

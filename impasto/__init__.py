@@ -16,6 +16,7 @@ _EXPORTS = {
     "ConfigMixin": "models.config",
     "UNet2DConditionModel": "models.unet_2d_condition",
     "UNet2DModel": "models.unet_2d",
+    "ControlNetModel": "models.controlnet",
     "AutoencoderKL": "models.autoencoder_kl",
     "VQModel": "models.vq_model",
     "CLIPTextModel": "models.clip_text",
@@ -61,6 +62,8 @@ _EXPORTS = {
     "StableDiffusionXLPipeline": "pipelines.stable_diffusion_xl",
     "StableDiffusionXLImg2ImgPipeline": "pipelines.stable_diffusion_xl_img2img",
     "StableDiffusionXLInpaintPipeline": "pipelines.stable_diffusion_xl_inpaint",
+    "StableDiffusionControlNetPipeline": "pipelines.controlnet",
+    "StableDiffusionControlNetImg2ImgPipeline": "pipelines.controlnet",
     "LDMTextToImagePipeline": "pipelines.latent_diffusion",
     "LDMSuperResolutionPipeline": "pipelines.latent_diffusion_superresolution",
     # jax (optional extra; importing these needs jax and flax)

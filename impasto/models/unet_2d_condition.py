@@ -136,13 +136,103 @@ def _first(value):
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
-def _require(key: str, value, allowed: tuple, what: str = "") -> None:
+def _require(key: str, value, allowed: tuple, what: str = "", owner: str = "impasto's UNets") -> None:
     if value not in allowed:
-        raise ValueError(f"{key}: {value!r} is not supported by impasto's UNets "
+        raise ValueError(f"{key}: {value!r} is not supported by {owner} "
                          f"(supported: {', '.join(map(repr, allowed))}){what}")
 
 
-class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
+# ---- construction shared with ControlNetModel (models/controlnet.py), which copies the UNet's encoder half ----
+def block_settings(n: int, num_attention_heads, attention_head_dim, cross_attention_dim, layers_per_block,
+                   only_cross_attention, transformer_layers_per_block) -> tuple[list, list, list, list, list]:
+    """Per-block (heads, cross-attention dims, layers, only-cross flags, transformer depths)."""
+    heads = _per_block(num_attention_heads or attention_head_dim, n,
+                       "num_attention_heads" if num_attention_heads else "attention_head_dim")
+    return (heads, _per_block(cross_attention_dim, n, "cross_attention_dim"),
+            _per_block(layers_per_block, n, "layers_per_block"),
+            _per_block(only_cross_attention, n, "only_cross_attention"),
+            _per_block(transformer_layers_per_block, n, "transformer_layers_per_block"))
+
+
+def add_input_layers(model: nn.Module, in_channels: int, block_out_channels, conv_in_kernel: int, flip_sin_to_cos,
+                     freq_shift, act_fn, time_embedding_dim=None, timestep_post_act=None, time_cond_proj_dim=None,
+                     num_class_embeds=None, addition_embed_type=None, addition_time_embed_dim=None,
+                     projection_class_embeddings_input_dim=None) -> int:
+    """conv_in, the time embedding and the optional label / SDXL ("text_time") embeddings, registered on `model`
+    in diffusers' order; returns the embedding width."""
+    model.conv_in = Conv2d(in_channels, block_out_channels[0], conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
+    time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
+    model.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+    model.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn,
+                                             post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim)
+    model.encoder_hid_proj = None
+    model.class_embedding = Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
+    if addition_embed_type == "text_time":
+        model.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
+        model.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+    return time_embed_dim
+
+
+def make_down_blocks(types, block_out_channels, layers, depths, heads, cross_dims, only_cross, downsample_padding,
+                     use_linear_projection, upcast_attention, common: dict) -> nn.ModuleList:
+    n = len(types)
+    blocks = nn.ModuleList()
+    for i, kind in enumerate(types):
+        args = dict(in_channels=block_out_channels[max(i - 1, 0)], out_channels=block_out_channels[i],
+                    num_layers=layers[i], add_downsample=i < n - 1, downsample_padding=downsample_padding, **common)
+        if kind == "CrossAttnDownBlock2D":
+            blocks.append(CrossAttnDownBlock2D(transformer_layers_per_block=depths[i], num_attention_heads=heads[i],
+                                               cross_attention_dim=cross_dims[i],
+                                               use_linear_projection=use_linear_projection,
+                                               only_cross_attention=only_cross[i], upcast_attention=upcast_attention,
+                                               **args))
+        else:
+            blocks.append(DownBlock2D(**args))
+    return blocks
+
+
+def make_mid_block(kind, channels: int, depth, heads: int, cross_dim: int, scale_factor: float,
+                   use_linear_projection, upcast_attention, common: dict) -> nn.Module | None:
+    if kind == "UNetMidBlock2DCrossAttn":
+        return UNetMidBlock2DCrossAttn(channels, transformer_layers_per_block=_first(depth), num_attention_heads=heads,
+                                       output_scale_factor=scale_factor, cross_attention_dim=cross_dim,
+                                       use_linear_projection=use_linear_projection, upcast_attention=upcast_attention,
+                                       **common)
+    if kind == "UNetMidBlock2D":
+        return UNetMidBlock2D(channels, num_layers=0, add_attention=False, output_scale_factor=scale_factor, **common)
+    return None
+
+
+class TimeEmbeddingMixin:
+    """The forward pass's time (+ label, + SDXL added) embedding, for modules built with `add_input_layers`."""
+
+    def _embed(self, sample, timestep, class_labels, timestep_cond, added_cond_kwargs):
+        t_emb = self.time_proj(timesteps_for_batch(timestep, sample.shape[0], sample.device)).to(sample.dtype)
+        emb = self.time_embedding(t_emb, timestep_cond)
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("class_labels: required, this model has a class embedding (num_class_embeds)")
+            class_emb = self.class_embedding(class_labels).to(sample.dtype)
+            concat = self.config.get("class_embeddings_concat", False)
+            emb = torch.cat([emb, class_emb], dim=-1) if concat else emb + class_emb
+        elif class_labels is not None:
+            raise ValueError("class_labels: this model has no class embedding (num_class_embeds is None)")
+        if self.config.addition_embed_type == "text_time":
+            kwargs = added_cond_kwargs or {}
+            for key in ("text_embeds", "time_ids"):
+                if key not in kwargs:
+                    raise ValueError(f"added_cond_kwargs: {key!r} is required (addition_embed_type is 'text_time')")
+            add = text_time_embedding(self.add_time_proj, kwargs["text_embeds"], kwargs["time_ids"])
+            emb = emb + self.add_embedding(add.to(emb.dtype))
+        elif added_cond_kwargs and (self.encoder_hid_proj is None or set(added_cond_kwargs) != {"image_embeds"}):
+            _warn_once(("added", tuple(added_cond_kwargs)), "added_cond_kwargs %s are not used: this model has no "
+                       "addition_embed_type", sorted(added_cond_kwargs))
+        if self.time_embed_act is not None:
+            emb = self.time_embed_act(emb)
+        return emb
+
+
+class UNet2DConditionModel(ModelMixin, UNetAttentionMixin, TimeEmbeddingMixin):
     # `dropout`, `resnet_skip_time_act`, `resnet_out_scale_factor`, `cross_attention_norm`,
     # `mid_block_only_cross_attention` and `addition_embed_type_num_heads` only affect block or embedding types
     # that this class refuses, so they are recorded but have no effect (dropout: inference only).
@@ -197,12 +287,9 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
             raise ValueError("addition_time_embed_dim, projection_class_embeddings_input_dim: both are required "
                              "when addition_embed_type is 'text_time'")
 
-        heads = _per_block(num_attention_heads or attention_head_dim, n,
-                           "num_attention_heads" if num_attention_heads else "attention_head_dim")
-        cross_dims = _per_block(cross_attention_dim, n, "cross_attention_dim")
-        layers = _per_block(layers_per_block, n, "layers_per_block")
-        only_cross = _per_block(only_cross_attention, n, "only_cross_attention")
-        depths = _per_block(transformer_layers_per_block, n, "transformer_layers_per_block")
+        heads, cross_dims, layers, only_cross, depths = block_settings(
+            n, num_attention_heads, attention_head_dim, cross_attention_dim, layers_per_block, only_cross_attention,
+            transformer_layers_per_block)
         if reverse_transformer_layers_per_block is not None:
             up_depths = _per_block(reverse_transformer_layers_per_block, n, "reverse_transformer_layers_per_block")
         elif any(isinstance(d, (list, tuple)) for d in depths):
@@ -212,16 +299,10 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
             up_depths = depths[::-1]
 
         # time (and added) embeddings
-        self.conv_in = Conv2d(in_channels, block_out_channels[0], conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
-        time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
-        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
-        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn,
-                                                post_act_fn=timestep_post_act, cond_proj_dim=time_cond_proj_dim)
-        self.encoder_hid_proj = None
-        self.class_embedding = Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
-        if addition_embed_type == "text_time":
-            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
-            self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+        time_embed_dim = add_input_layers(self, in_channels, block_out_channels, conv_in_kernel, flip_sin_to_cos,
+                                          freq_shift, act_fn, time_embedding_dim, timestep_post_act, time_cond_proj_dim,
+                                          num_class_embeds, addition_embed_type, addition_time_embed_dim,
+                                          projection_class_embeddings_input_dim)
         self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn is not None else None
         temb = time_embed_dim * 2 if class_embeddings_concat and num_class_embeds is not None else time_embed_dim
 
@@ -230,29 +311,12 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
         attn = lambda i: dict(num_attention_heads=heads[i], cross_attention_dim=cross_dims[i],  # noqa: E731
                               use_linear_projection=use_linear_projection, only_cross_attention=only_cross[i],
                               upcast_attention=upcast_attention)
-        self.down_blocks = nn.ModuleList()
+        self.down_blocks = make_down_blocks(down_types, block_out_channels, layers, depths, heads, cross_dims,
+                                            only_cross, downsample_padding, use_linear_projection, upcast_attention,
+                                            common)
         self.up_blocks = nn.ModuleList()  # registered before mid_block: diffusers' state-dict order
-        for i, kind in enumerate(down_types):
-            args = dict(in_channels=block_out_channels[max(i - 1, 0)], out_channels=block_out_channels[i],
-                        num_layers=layers[i], add_downsample=i < n - 1, downsample_padding=downsample_padding,
-                        **common)
-            if kind == "CrossAttnDownBlock2D":
-                self.down_blocks.append(CrossAttnDownBlock2D(transformer_layers_per_block=depths[i], **args,
-                                                             **attn(i)))
-            else:
-                self.down_blocks.append(DownBlock2D(**args))
-
-        mid = block_out_channels[-1]
-        if mid_block_type == "UNetMidBlock2DCrossAttn":
-            self.mid_block = UNetMidBlock2DCrossAttn(
-                mid, transformer_layers_per_block=_first(depths[-1]), num_attention_heads=heads[-1],
-                output_scale_factor=mid_block_scale_factor, cross_attention_dim=cross_dims[-1],
-                use_linear_projection=use_linear_projection, upcast_attention=upcast_attention, **common)
-        elif mid_block_type == "UNetMidBlock2D":
-            self.mid_block = UNetMidBlock2D(mid, num_layers=0, add_attention=False,
-                                            output_scale_factor=mid_block_scale_factor, **common)
-        else:
-            self.mid_block = None
+        self.mid_block = make_mid_block(mid_block_type, block_out_channels[-1], depths[-1], heads[-1], cross_dims[-1],
+                                        mid_block_scale_factor, use_linear_projection, upcast_attention, common)
 
         rev = block_out_channels[::-1]
         self.num_upsamplers = 0
@@ -284,30 +348,6 @@ class UNet2DConditionModel(ModelMixin, UNetAttentionMixin):
             block.s1 = block.s2 = block.b1 = block.b2 = None
 
     # ---- forward --------------------------------------------------------------------------------------
-    def _embed(self, sample, timestep, class_labels, timestep_cond, added_cond_kwargs):
-        t_emb = self.time_proj(timesteps_for_batch(timestep, sample.shape[0], sample.device)).to(sample.dtype)
-        emb = self.time_embedding(t_emb, timestep_cond)
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("class_labels: required, this model has a class embedding (num_class_embeds)")
-            class_emb = self.class_embedding(class_labels).to(sample.dtype)
-            emb = torch.cat([emb, class_emb], dim=-1) if self.config.class_embeddings_concat else emb + class_emb
-        elif class_labels is not None:
-            raise ValueError("class_labels: this model has no class embedding (num_class_embeds is None)")
-        if self.config.addition_embed_type == "text_time":
-            kwargs = added_cond_kwargs or {}
-            for key in ("text_embeds", "time_ids"):
-                if key not in kwargs:
-                    raise ValueError(f"added_cond_kwargs: {key!r} is required (addition_embed_type is 'text_time')")
-            add = text_time_embedding(self.add_time_proj, kwargs["text_embeds"], kwargs["time_ids"])
-            emb = emb + self.add_embedding(add.to(emb.dtype))
-        elif added_cond_kwargs and (self.encoder_hid_proj is None or set(added_cond_kwargs) != {"image_embeds"}):
-            _warn_once(("added", tuple(added_cond_kwargs)), "added_cond_kwargs %s are not used: this UNet has no "
-                       "addition_embed_type", sorted(added_cond_kwargs))
-        if self.time_embed_act is not None:
-            emb = self.time_embed_act(emb)
-        return emb
-
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor | None = None,
                 class_labels: torch.Tensor | None = None, timestep_cond: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cross_attention_kwargs: dict | None = None,

@@ -50,13 +50,15 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
             extra_step_kwargs: dict | None = None, timestep_cond: torch.Tensor | None = None,
             unet_kwargs: Callable[[dict], dict] | None = None, callback_on_step_end=None,
             callback_on_step_end_tensor_inputs=("latents",), model_input: Callable | None = None,
-            after_step: Callable | None = None) -> torch.Tensor:
+            after_step: Callable | None = None, residuals: Callable | None = None) -> torch.Tensor:
     """Run the sampler over `timesteps`.
 
     `state` holds the tensors a callback may read or replace: "prompt_embeds" is the batched UNet context
     ([negative, positive] when guiding). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
     `model_input(x, state)` may extend the scaled UNet input (inpainting UNets' mask channels);
     `after_step(i, state)` may update `state` after each scheduler step, before the callback (inpainting's blend).
+    `residuals(i, t, x, state)` returns further UNet kwargs computed from the step's scaled input `x` (ControlNet's
+    down/mid residuals, impasto.tasks.controlnet).
     """
     state = dict(state)
     state["latents"] = latents
@@ -72,6 +74,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
             if model_input is not None:
                 x = model_input(x, state)
             extra = unet_kwargs(state) if unet_kwargs is not None else {}
+            if residuals is not None:
+                extra = {**extra, **residuals(i, t, x, state)}
             pred = pipe.unet(x, t, encoder_hidden_states=state["prompt_embeds"], timestep_cond=timestep_cond,
                              cross_attention_kwargs=pipe.cross_attention_kwargs, return_dict=False, **extra)[0]
             if guided:

@@ -1,0 +1,185 @@
+"""StableDiffusionControlNetPipeline (text-to-image) and StableDiffusionControlNetImg2ImgPipeline with one
+ControlNet (diffusers' constructors and `__call__` arguments).
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        controlnet=ControlNetModel.from_pretrained("lllyasviel/control_v11p_sd15_canny"))
+    image = pipe("a house", image=canny_edges).images[0]
+
+A list of ControlNets (diffusers' MultiControlNetModel) is not supported: the constructor refuses it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..image_processor import VaeImageProcessor
+from ..loading.lora import LoraLoaderMixin
+from ..loading.textual_inversion import TextualInversionLoaderMixin
+from ..tasks import img2img, txt2img
+from ..tasks import controlnet as control
+from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
+from .stable_diffusion import StableDiffusionBase
+from .stable_diffusion_img2img import _as_rgb, check_image
+
+
+class _ControlNetBase(StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
+    _image_key = "image"  # the control image's name in __call__ and in callback tensor inputs
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker=None,
+                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = True):
+        if isinstance(controlnet, (list, tuple)):
+            raise ValueError("controlnet: several ControlNets (MultiControlNetModel) are not supported by impasto; "
+                             "pass one ControlNetModel")
+        if controlnet is None or not hasattr(controlnet, "controlnet_cond_embedding"):
+            raise ValueError(f"controlnet: expected a ControlNetModel, got {type(controlnet).__name__}")
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                         image_encoder, requires_safety_checker)
+        self.register_modules(controlnet=controlnet)
+        self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True,
+                                                         do_normalize=False)
+
+    def _check_control(self, image, prompt, prompt_embeds, scale, start, end, guess_mode):
+        scale = control.check_scale(scale)
+        start, end = control.check_window(start, end)
+        batch = self._batch_size(prompt, prompt_embeds) if (prompt is not None or prompt_embeds is not None) else 1
+        control.check_control_image(image, batch, self._image_key)
+        return scale, start, end, bool(guess_mode or self.controlnet.config.global_pool_conditions)
+
+    def _check_size(self, height, width):
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+
+    def _control_image(self, image, height, width, batch, num_images_per_prompt, device, guess_mode):
+        return control.prepare_control_image(self.control_image_processor, image, height, width, batch,
+                                             num_images_per_prompt, device, self.controlnet.dtype,
+                                             self.do_classifier_free_guidance, guess_mode)
+
+    def _denoise(self, latents, ladder, state, num_inference_steps, generator, eta, batch, device, scale, start, end,
+                 guess_mode, callback_on_step_end, tensor_inputs):
+        scheduler = self.scheduler
+        keep = control.keep_schedule(len(ladder), start, end)
+        residuals = control.controlnet_residuals(self, self.controlnet, scheduler, scale, keep, guess_mode,
+                                                 self._image_key)
+        return denoise(self, scheduler, latents, ladder, state, num_inference_steps,
+                       extra_step_kwargs=step_kwargs(scheduler, generator, eta),
+                       timestep_cond=self._timestep_cond(batch, device, latents.dtype), unet_kwargs=self._added_cond,
+                       residuals=residuals, callback_on_step_end=callback_on_step_end,
+                       callback_on_step_end_tensor_inputs=tensor_inputs)
+
+
+class StableDiffusionControlNetPipeline(_ControlNetBase):
+    """Text-to-image with Stable Diffusion 1.x / 2.x guided by a ControlNet and its control `image` (edges,
+    depth, pose ... as a PIL image / array / tensor in [0, 1]). The output size defaults to the control image's."""
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "image"]
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, image=None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = 50, timesteps: list[int] | None = None,
+                 sigmas: list[float] | None = None, guidance_scale: float = 7.5,
+                 negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 ip_adapter_image=None, ip_adapter_image_embeds=None, output_type: str = "pil",
+                 return_dict: bool = True, cross_attention_kwargs: dict[str, Any] | None = None,
+                 controlnet_conditioning_scale: float = 1.0, guess_mode: bool = False,
+                 control_guidance_start: float = 0.0, control_guidance_end: float = 1.0, clip_skip: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], long_prompt: str = "truncate",
+                 **kwargs):
+        legacy = self._legacy_callback(kwargs)
+        callback_on_step_end = callback_on_step_end or legacy
+        tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+                           output_type, tensor_inputs, clip_skip)
+        self._check_size(height, width)
+        scale, start, end, guess_mode = self._check_control(image, prompt, prompt_embeds,
+                                                            controlnet_conditioning_scale, control_guidance_start,
+                                                            control_guidance_end, guess_mode)
+        self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
+        self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            device = self._execution_device
+            batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                          num_images_per_prompt, device, long_prompt)
+            state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
+            dtype = state["prompt_embeds"].dtype
+            state["image"] = self._control_image(image, height, width, batch, num_images_per_prompt, device,
+                                                 guess_mode)
+            height, width = state["image"].shape[-2:]
+            ladder, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps,
+                                                             sigmas)
+            latents = txt2img.prepare_latents(self.scheduler, batch, self.unet.config.in_channels, height, width,
+                                              self.vae_scale_factor, dtype, device, generator, latents)
+            latents = self._denoise(latents, ladder, state, num_inference_steps, generator, eta, batch, device, scale,
+                                    start, end, guess_mode, callback_on_step_end, tensor_inputs)
+            return self._finish(latents, output_type, generator, device, dtype, return_dict)
+
+
+class StableDiffusionControlNetImg2ImgPipeline(_ControlNetBase):
+    """Image-to-image with a ControlNet: `image` is the starting image (noised to `strength`), `control_image`
+    the ControlNet's input; both are resized to height x width when given (default: each its own size)."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "control_image"]
+    _image_key = "control_image"
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, image=None, control_image=None,
+                 height: int | None = None, width: int | None = None, strength: float = 0.8,
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 negative_prompt: str | list[str] | None = None, num_images_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 ip_adapter_image=None, ip_adapter_image_embeds=None, output_type: str = "pil",
+                 return_dict: bool = True, cross_attention_kwargs: dict[str, Any] | None = None,
+                 controlnet_conditioning_scale: float = 0.8, guess_mode: bool = False,
+                 control_guidance_start: float = 0.0, control_guidance_end: float = 1.0, clip_skip: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], long_prompt: str = "truncate",
+                 **kwargs):
+        legacy = self._legacy_callback(kwargs)
+        callback_on_step_end = callback_on_step_end or legacy
+        tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+            raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
+        latent_channels = self.vae.config.latent_channels
+        check_image(image, latent_channels)
+        self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+                           output_type, tensor_inputs, clip_skip)
+        self._check_size(height, width)
+        scale, start, end, guess_mode = self._check_control(control_image, prompt, prompt_embeds,
+                                                            controlnet_conditioning_scale, control_guidance_start,
+                                                            control_guidance_end, guess_mode)
+        self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
+        self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
+        with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
+            device = self._execution_device
+            batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                          num_images_per_prompt, device, long_prompt)
+            state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
+            dtype = state["prompt_embeds"].dtype
+            pixels = self.image_processor.preprocess(_as_rgb(image), height=height, width=width).to(torch.float32)
+            state["control_image"] = self._control_image(control_image, height, width, batch, num_images_per_prompt,
+                                                         device, guess_mode)
+            scheduler = self.scheduler
+            retrieve_timesteps(scheduler, num_inference_steps, device)
+            ladder, num_inference_steps = img2img.get_timesteps(scheduler, num_inference_steps, strength)
+            if num_inference_steps < 1:
+                raise ValueError(f"strength: {strength} x num_inference_steps leaves no denoising step; "
+                                 "raise strength or num_inference_steps")
+            if latents is None:
+                latents = img2img.prepare_latents(self.vae, scheduler, pixels, ladder[:1].repeat(batch), batch, dtype,
+                                                  device, generator, latent_channels)
+            latents = self._denoise(latents, ladder, state, num_inference_steps, generator, eta, batch, device, scale,
+                                    start, end, guess_mode, callback_on_step_end, tensor_inputs)
+            return self._finish(latents, output_type, generator, device, dtype, return_dict)
+
+    def get_timesteps(self, num_inference_steps: int, strength: float, device=None):
+        return img2img.get_timesteps(self.scheduler, num_inference_steps, strength)

@@ -17,6 +17,7 @@ _EXPORTS = {
     "UNet2DConditionModel": "models.unet_2d_condition",
     "UNet2DModel": "models.unet_2d",
     "ControlNetModel": "models.controlnet",
+    "MultiControlNetModel": "models.multicontrolnet",
     "AutoencoderKL": "models.autoencoder_kl",
     "VQModel": "models.vq_model",
     "CLIPTextModel": "models.clip_text",
@@ -64,6 +65,8 @@ _EXPORTS = {
     "StableDiffusionXLInpaintPipeline": "pipelines.stable_diffusion_xl_inpaint",
     "StableDiffusionControlNetPipeline": "pipelines.controlnet",
     "StableDiffusionControlNetImg2ImgPipeline": "pipelines.controlnet",
+    "StableDiffusionXLControlNetPipeline": "pipelines.controlnet_sdxl",
+    "StableDiffusionXLControlNetImg2ImgPipeline": "pipelines.controlnet_sdxl",
     "LDMTextToImagePipeline": "pipelines.latent_diffusion",
     "LDMSuperResolutionPipeline": "pipelines.latent_diffusion_superresolution",
     # jax (optional extra; importing these needs jax and flax)

@@ -315,7 +315,7 @@ def test_bad_inputs_name_the_argument():
         i2i(PROMPT, image=control(), **kw)
     comps = mine.components
     with pytest.raises(ValueError, match="controlnet"):
-        impasto.StableDiffusionControlNetPipeline(**{**comps, "controlnet": [comps["controlnet"]] * 2})
+        impasto.StableDiffusionControlNetPipeline(**{**comps, "controlnet": comps["unet"]})
 
 
 @pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler"])

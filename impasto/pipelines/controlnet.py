@@ -6,7 +6,8 @@ ControlNet (diffusers' constructors and `__call__` arguments).
         controlnet=ControlNetModel.from_pretrained("lllyasviel/control_v11p_sd15_canny"))
     image = pipe("a house", image=canny_edges).images[0]
 
-A list of ControlNets (diffusers' MultiControlNetModel) is not supported: the constructor refuses it.
+Several ControlNets: pass a list (or a MultiControlNetModel) as `controlnet`, and lists of images, scales and
+guidance windows with one entry per net; their residuals are summed.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from ..image_processor import VaeImageProcessor
 from ..loading.lora import LoraLoaderMixin
+from ..models.multicontrolnet import MultiControlNetModel
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import img2img, txt2img
 from ..tasks import controlnet as control
@@ -24,50 +26,69 @@ from .stable_diffusion import StableDiffusionBase
 from .stable_diffusion_img2img import _as_rgb, check_image
 
 
-class _ControlNetBase(StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
+class ControlNetMixin:
+    """The ControlNet parts of a pipeline: the `controlnet` component (one ControlNetModel, or several as a list
+    or MultiControlNetModel), argument checks, control images and the residuals hook for `denoise`."""
+
     _image_key = "image"  # the control image's name in __call__ and in callback tensor inputs
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker=None,
-                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = True):
+    def _register_controlnet(self, controlnet):
         if isinstance(controlnet, (list, tuple)):
-            raise ValueError("controlnet: several ControlNets (MultiControlNetModel) are not supported by impasto; "
-                             "pass one ControlNetModel")
-        if controlnet is None or not hasattr(controlnet, "controlnet_cond_embedding"):
-            raise ValueError(f"controlnet: expected a ControlNetModel, got {type(controlnet).__name__}")
-        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
-                         image_encoder, requires_safety_checker)
+            controlnet = MultiControlNetModel(controlnet)  # as diffusers, also for a one-element list
+        if controlnet is None or not (hasattr(controlnet, "controlnet_cond_embedding") or
+                                      isinstance(controlnet, MultiControlNetModel)):
+            raise ValueError(f"controlnet: expected a ControlNetModel, a list of them or a MultiControlNetModel, "
+                             f"got {type(controlnet).__name__}")
         self.register_modules(controlnet=controlnet)
         self.control_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True,
                                                          do_normalize=False)
 
     def _check_control(self, image, prompt, prompt_embeds, scale, start, end, guess_mode):
-        scale = control.check_scale(scale)
-        start, end = control.check_window(start, end)
+        """(scales, windows, guess_mode, images): one scale, (start, end) and control input per net."""
+        count = len(control.nets(self.controlnet))
+        scales = control.check_scales(scale, count)
+        windows = control.check_windows(start, end, count)
         batch = self._batch_size(prompt, prompt_embeds) if (prompt is not None or prompt_embeds is not None) else 1
-        control.check_control_image(image, batch, self._image_key)
-        return scale, start, end, bool(guess_mode or self.controlnet.config.global_pool_conditions)
+        images = control.split_images(image, count, self._image_key)
+        for one in images:
+            control.check_control_image(one, batch, self._image_key)
+        pool = control.nets(self.controlnet)[0].config.global_pool_conditions  # as diffusers: the first net's
+        return scales, windows, bool(guess_mode or pool), images
 
     def _check_size(self, height, width):
         for name, value in (("height", height), ("width", width)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
 
-    def _control_image(self, image, height, width, batch, num_images_per_prompt, device, guess_mode):
-        return control.prepare_control_image(self.control_image_processor, image, height, width, batch,
+    def _control_image(self, images, height, width, batch, num_images_per_prompt, device, guess_mode):
+        """The control tensor (a list of them with several nets; all at the first one's size unless height and
+        width are given, as diffusers)."""
+        out = [control.prepare_control_image(self.control_image_processor, one, height, width, batch,
                                              num_images_per_prompt, device, self.controlnet.dtype,
-                                             self.do_classifier_free_guidance, guess_mode)
+                                             self.do_classifier_free_guidance, guess_mode) for one in images]
+        return out if isinstance(self.controlnet, MultiControlNetModel) else out[0]
 
-    def _denoise(self, latents, ladder, state, num_inference_steps, generator, eta, batch, device, scale, start, end,
+    def _control_hook(self, n_steps, scales, windows, guess_mode, added_cond: bool = False):
+        keeps = [control.keep_schedule(n_steps, start, end) for start, end in windows]
+        return control.controlnet_residuals(self, self.controlnet, self.scheduler, scales, keeps, guess_mode,
+                                            self._image_key, added_cond)
+
+
+class _ControlNetBase(ControlNetMixin, StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker=None,
+                 feature_extractor=None, image_encoder=None, requires_safety_checker: bool = True):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                         image_encoder, requires_safety_checker)
+        self._register_controlnet(controlnet)
+
+    def _denoise(self, latents, ladder, state, num_inference_steps, generator, eta, batch, device, scales, windows,
                  guess_mode, callback_on_step_end, tensor_inputs):
         scheduler = self.scheduler
-        keep = control.keep_schedule(len(ladder), start, end)
-        residuals = control.controlnet_residuals(self, self.controlnet, scheduler, scale, keep, guess_mode,
-                                                 self._image_key)
         return denoise(self, scheduler, latents, ladder, state, num_inference_steps,
                        extra_step_kwargs=step_kwargs(scheduler, generator, eta),
                        timestep_cond=self._timestep_cond(batch, device, latents.dtype), unet_kwargs=self._added_cond,
-                       residuals=residuals, callback_on_step_end=callback_on_step_end,
-                       callback_on_step_end_tensor_inputs=tensor_inputs)
+                       residuals=self._control_hook(len(ladder), scales, windows, guess_mode),
+                       callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs)
 
 
 class StableDiffusionControlNetPipeline(_ControlNetBase):
@@ -97,9 +118,10 @@ class StableDiffusionControlNetPipeline(_ControlNetBase):
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._check_size(height, width)
-        scale, start, end, guess_mode = self._check_control(image, prompt, prompt_embeds,
-                                                            controlnet_conditioning_scale, control_guidance_start,
-                                                            control_guidance_end, guess_mode)
+        scales, windows, guess_mode, images = self._check_control(image, prompt, prompt_embeds,
+                                                                  controlnet_conditioning_scale,
+                                                                  control_guidance_start, control_guidance_end,
+                                                                  guess_mode)
         self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
         self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
         with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
@@ -109,15 +131,15 @@ class StableDiffusionControlNetPipeline(_ControlNetBase):
                                           num_images_per_prompt, device, long_prompt)
             state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             dtype = state["prompt_embeds"].dtype
-            state["image"] = self._control_image(image, height, width, batch, num_images_per_prompt, device,
+            state["image"] = self._control_image(images, height, width, batch, num_images_per_prompt, device,
                                                  guess_mode)
-            height, width = state["image"].shape[-2:]
+            height, width = (state["image"][0] if isinstance(state["image"], list) else state["image"]).shape[-2:]
             ladder, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps,
                                                              sigmas)
             latents = txt2img.prepare_latents(self.scheduler, batch, self.unet.config.in_channels, height, width,
                                               self.vae_scale_factor, dtype, device, generator, latents)
-            latents = self._denoise(latents, ladder, state, num_inference_steps, generator, eta, batch, device, scale,
-                                    start, end, guess_mode, callback_on_step_end, tensor_inputs)
+            latents = self._denoise(latents, ladder, state, num_inference_steps, generator, eta, batch, device, scales,
+                                    windows, guess_mode, callback_on_step_end, tensor_inputs)
             return self._finish(latents, output_type, generator, device, dtype, return_dict)
 
 
@@ -153,9 +175,10 @@ class StableDiffusionControlNetImg2ImgPipeline(_ControlNetBase):
         self._check_common(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                            output_type, tensor_inputs, clip_skip)
         self._check_size(height, width)
-        scale, start, end, guess_mode = self._check_control(control_image, prompt, prompt_embeds,
-                                                            controlnet_conditioning_scale, control_guidance_start,
-                                                            control_guidance_end, guess_mode)
+        scales, windows, guess_mode, images = self._check_control(control_image, prompt, prompt_embeds,
+                                                                  controlnet_conditioning_scale,
+                                                                  control_guidance_start, control_guidance_end,
+                                                                  guess_mode)
         self._start_call(guidance_scale, 0.0, clip_skip, cross_attention_kwargs)
         self._check_ip_adapter(ip_adapter_image, ip_adapter_image_embeds)
         with self._lora_scope((cross_attention_kwargs or {}).get("scale")):
@@ -166,7 +189,7 @@ class StableDiffusionControlNetImg2ImgPipeline(_ControlNetBase):
             state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             dtype = state["prompt_embeds"].dtype
             pixels = self.image_processor.preprocess(_as_rgb(image), height=height, width=width).to(torch.float32)
-            state["control_image"] = self._control_image(control_image, height, width, batch, num_images_per_prompt,
+            state["control_image"] = self._control_image(images, height, width, batch, num_images_per_prompt,
                                                          device, guess_mode)
             scheduler = self.scheduler
             retrieve_timesteps(scheduler, num_inference_steps, device)
@@ -177,8 +200,8 @@ class StableDiffusionControlNetImg2ImgPipeline(_ControlNetBase):
             if latents is None:
                 latents = img2img.prepare_latents(self.vae, scheduler, pixels, ladder[:1].repeat(batch), batch, dtype,
                                                   device, generator, latent_channels)
-            latents = self._denoise(latents, ladder, state, num_inference_steps, generator, eta, batch, device, scale,
-                                    start, end, guess_mode, callback_on_step_end, tensor_inputs)
+            latents = self._denoise(latents, ladder, state, num_inference_steps, generator, eta, batch, device, scales,
+                                    windows, guess_mode, callback_on_step_end, tensor_inputs)
             return self._finish(latents, output_type, generator, device, dtype, return_dict)
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device=None):

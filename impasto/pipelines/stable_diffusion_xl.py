@@ -177,6 +177,15 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
         return {"prompt_embeds": pos.to(device), "add_text_embeds": pooled.to(device),
                 "add_time_ids": add_time_ids.to(device)}
 
+    def _size_state(self, encoded, sizes, negative_sizes_given: bool, batch: int, device) -> dict:
+        """`_state` with the time ids of `_sizes`' six tuples."""
+        orig, crop, target, neg_orig, neg_crop, neg_target = sizes
+        pos_ids = cond.time_ids(orig, crop, target)
+        # as diffusers: the negative ids differ only when both negative sizes are given
+        neg_ids = cond.time_ids(neg_orig, neg_crop, neg_target) if negative_sizes_given else pos_ids
+        add_ids, neg_add_ids = self._add_time_ids(pos_ids, neg_ids, encoded[2], encoded[0].dtype)
+        return self._state(encoded, add_ids, neg_add_ids, batch, device)
+
     def _added_cond(self, state: dict) -> dict:
         return {"added_cond_kwargs": {"text_embeds": state["add_text_embeds"], "time_ids": state["add_time_ids"],
                                       **self._image_cond(state)}}
@@ -279,13 +288,8 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
             latents = txt2img.prepare_latents(scheduler, batch, self.unet.config.in_channels, height, width,
                                               self.vae_scale_factor, dtype, device, generator, latents)
-            orig, crop, target, neg_orig, neg_crop, neg_target = sizes
-            pos_ids = cond.time_ids(orig, crop, target)
-            # as diffusers: the negative ids differ only when both negative sizes are given
-            neg_ids = cond.time_ids(neg_orig, neg_crop, neg_target) \
-                if negative_original_size is not None and negative_target_size is not None else pos_ids
-            add_ids, neg_add_ids = self._add_time_ids(pos_ids, neg_ids, encoded[2], dtype)
-            state = self._state(encoded, add_ids, neg_add_ids, batch, device)
+            state = self._size_state(encoded, sizes, negative_original_size is not None and
+                                     negative_target_size is not None, batch, device)
             state.update(self._ip_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(0)

@@ -3,7 +3,8 @@ it acts, and the per-step residuals handed to the UNet (`denoise(..., residuals=
 
 With classifier-free guidance the ControlNet normally sees the same [uncond, cond] batch as the UNet. In guess
 mode it sees the conditional half only and the unconditional half of the UNet gets zero residuals, so the
-control acts through the guidance difference alone (as diffusers).
+control acts through the guidance difference alone (as diffusers). Several ControlNets (MultiControlNetModel)
+each take their own image, scale and guidance window; their residuals are summed.
 """
 from __future__ import annotations
 
@@ -14,34 +15,79 @@ import PIL.Image
 import torch
 
 
-def check_scale(value, name: str = "controlnet_conditioning_scale") -> float:
-    if isinstance(value, (list, tuple)):
-        raise ValueError(f"{name}: a single ControlNet takes one number, got a list {list(value)!r} (lists are "
-                         "for several ControlNets, which impasto does not support)")
+def nets(controlnet) -> list:
+    """The ControlNets of a ControlNetModel (one) or a MultiControlNetModel (its `nets`)."""
+    return list(controlnet.nets) if hasattr(controlnet, "nets") else [controlnet]
+
+
+def _number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
+        raise ValueError(f"{name}: expected a number, got {value!r}")
     return float(value)
 
 
-def check_window(start, end) -> tuple[float, float]:
-    """control_guidance_start/end as numbers (a one-element list is taken as its element, as diffusers)."""
-    values = []
+def check_scales(value, count: int, name: str = "controlnet_conditioning_scale") -> list[float]:
+    """One scale per ControlNet: a number (for all of them), or with several ControlNets a list of one per net."""
+    if isinstance(value, (list, tuple)):
+        if count == 1:
+            raise ValueError(f"{name}: a single ControlNet takes one number, got a list {list(value)!r} (lists are "
+                             "for several ControlNets, a MultiControlNetModel)")
+        if len(value) != count:
+            raise ValueError(f"{name}: got {len(value)} scales for {count} ControlNets; give one number or one "
+                             "per ControlNet")
+        return [_number(v, name) for v in value]
+    return [_number(value, name)] * count
+
+
+def _window_number(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
+    return float(v)
+
+
+def check_windows(start, end, count: int) -> list[tuple[float, float]]:
+    """control_guidance_start/end as one (start, end) per ControlNet: numbers apply to every net, lists give one
+    per net (a one-element list with one ControlNet is taken as its element, as diffusers)."""
+    lists = {}
     for name, v in (("control_guidance_start", start), ("control_guidance_end", end)):
         if isinstance(v, (list, tuple)):
-            if len(v) != 1:
-                raise ValueError(f"{name}: a single ControlNet takes one number, got {list(v)!r}")
-            v = v[0]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
-        values.append(float(v))
-    start, end = values
-    if start >= end:
-        raise ValueError(f"control_guidance_start, control_guidance_end: start ({start}) must be below end ({end})")
-    if start < 0.0:
-        raise ValueError(f"control_guidance_start: must be >= 0, got {start}")
-    if end > 1.0:
-        raise ValueError(f"control_guidance_end: must be <= 1, got {end}")
-    return start, end
+            if len(v) != count:
+                what = "a single ControlNet takes one number" if count == 1 else f"{count} ControlNets take {count}"
+                raise ValueError(f"{name}: {what}, got {list(v)!r}")
+            lists[name] = [_window_number(x, name) for x in v]
+        else:
+            lists[name] = [_window_number(v, name)] * count
+    out = []
+    for start, end in zip(lists["control_guidance_start"], lists["control_guidance_end"]):
+        if start >= end:
+            raise ValueError(f"control_guidance_start, control_guidance_end: start ({start}) must be below end "
+                             f"({end})")
+        if start < 0.0:
+            raise ValueError(f"control_guidance_start: must be >= 0, got {start}")
+        if end > 1.0:
+            raise ValueError(f"control_guidance_end: must be <= 1, got {end}")
+        out.append((start, end))
+    return out
+
+
+def split_images(image, count: int, name: str = "image") -> list:
+    """The control input of each ControlNet. With one net, `image` itself; with several, a list of one entry per
+    net, or diffusers' nested form [[net 1 image, net 2 image], ...] with one inner list per prompt."""
+    if count == 1:
+        return [image]
+    if not isinstance(image, (list, tuple)):
+        raise ValueError(f"{name}: {count} ControlNets take a list of {count} control images, got "
+                         f"{type(image).__name__}")
+    image = list(image)
+    if any(isinstance(i, (list, tuple)) for i in image):
+        if not all(isinstance(i, (list, tuple)) and len(i) == count for i in image):
+            raise ValueError(f"{name}: a nested list must hold one list of {count} images (one per ControlNet) "
+                             "per prompt")
+        image = [list(t) for t in zip(*image)]
+    if len(image) != count:
+        raise ValueError(f"{name}: got {len(image)} control images for {count} ControlNets; give one per "
+                         "ControlNet")
+    return image
 
 
 def check_control_image(image, prompt_batch: int, name: str = "image") -> None:
@@ -80,21 +126,28 @@ def keep_schedule(num_steps: int, start: float, end: float) -> list[float]:
     return [0.0 if i / num_steps < start or (i + 1) / num_steps > end else 1.0 for i in range(num_steps)]
 
 
-def controlnet_residuals(pipe, controlnet, scheduler, scale: float, keep: list[float], guess_mode: bool,
-                         image_key: str = "image"):
-    """The `residuals(i, t, x, state)` hook of `denoise`: runs the ControlNet on the step's input and returns the
-    UNet's down_block_additional_residuals / mid_block_additional_residual. The control image is read from
-    state[image_key], so a step-end callback may replace it."""
+def controlnet_residuals(pipe, controlnet, scheduler, scales: list[float], keeps: list[list[float]],
+                         guess_mode: bool, image_key: str = "image", added_cond: bool = False):
+    """The `residuals(i, t, x, state)` hook of `denoise`: runs the ControlNet(s) on the step's input and returns
+    the UNet's down_block_additional_residuals / mid_block_additional_residual (summed over several nets, by
+    MultiControlNetModel). `scales` and `keeps` (the keep_schedule) hold one entry per net. The control image (a
+    list of them for several nets) is read from state[image_key], so a step-end callback may replace it. With
+    `added_cond` (SDXL) the nets also get state's add_text_embeds / add_time_ids as added_cond_kwargs."""
+    several = hasattr(controlnet, "nets")
 
     def residuals(i, t, x, state):
         half = guess_mode and pipe.do_classifier_free_guidance
+        pick = (lambda v: v.chunk(2)[1]) if half else (lambda v: v)
         if half:
             x = scheduler.scale_model_input(state["latents"], t)
-            context = state["prompt_embeds"].chunk(2)[1]
-        else:
-            context = state["prompt_embeds"]
-        down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=state[image_key],
-                               conditioning_scale=scale * keep[i], guess_mode=guess_mode, return_dict=False)
+        extra = {}
+        if added_cond:
+            extra["added_cond_kwargs"] = {"text_embeds": pick(state["add_text_embeds"]),
+                                          "time_ids": pick(state["add_time_ids"])}
+        scale = [s * keep[i] for s, keep in zip(scales, keeps)]
+        down, mid = controlnet(x, t, encoder_hidden_states=pick(state["prompt_embeds"]),
+                               controlnet_cond=state[image_key], conditioning_scale=scale if several else scale[0],
+                               guess_mode=guess_mode, return_dict=False, **extra)
         if half:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])

@@ -56,6 +56,21 @@ def test_generate_img2img(folder, tmp_path, capsys):
     assert image.size == (32, 40) and "Denoising strength: 0.5" in image.text["parameters"]
 
 
+def test_generate_a1111_syntax(folder, tmp_path):
+    """--long-prompt a1111 reads emphasis: the image is the Python API's with long_prompt="a1111"."""
+    import impasto
+
+    prompt = "a (red:1.5) square BREAK [blue] background"
+    assert _main(["generate", prompt, "-o", tmp_path / "a.png", "--model", folder, "--steps", 3, "--seed", 3,
+                  "--long-prompt", "a1111"]) == 0
+    image = PIL.Image.open(tmp_path / "a.png")
+    assert image.text["parameters"].splitlines()[0] == prompt
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    again = pipe(prompt, num_inference_steps=3, long_prompt="a1111", generator=[torch.Generator().manual_seed(3)])
+    assert np.abs(np.asarray(again.images[0], np.int16) - np.asarray(image, np.int16)).max() <= 1
+
+
 @pytest.mark.parametrize("args,word", [
     (["--width", 30], "--width"),
     (["--steps", 0], "--steps"),

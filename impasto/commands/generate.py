@@ -48,8 +48,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--high-noise-frac", type=float, default=None, metavar="F",
                    help="with --refiner: the fraction of the schedule the base model runs, in (0, 1) (default 0.8)")
     p.add_argument("--clip-skip", type=int, default=None, metavar="K", help="use the text encoder's K-th last layer")
-    p.add_argument("--long-prompt", choices=("truncate", "chunk"), default="truncate",
-                   help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks")
+    p.add_argument("--long-prompt", choices=("truncate", "chunk", "a1111"), default="truncate",
+                   help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks; a1111: "
+                        "chunks and AUTOMATIC1111's syntax, (word:1.2), (word), [word], BREAK")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights' dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")

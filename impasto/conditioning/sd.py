@@ -7,8 +7,11 @@
   results along the sequence axis (77 * n_chunks tokens; the UNet's cross-attention takes any length).
   All prompts and negative prompts of a call are padded to the same number of chunks with empty chunks.
   A prompt of up to 75 tokens gives exactly the embedding of the default mode.
+- `long_prompt="a1111"` reads prompts as AUTOMATIC1111 does (impasto.text.emphasis): `(word:1.2)`, `(word)`,
+  `[word]` weights, `BREAK`, 75-token chunks that break after a comma; each token's hidden state is scaled by
+  its weight and each chunk rescaled to keep its mean. Negative prompts get the same syntax and clip_skip.
 - `clip_skip=k` takes the hidden state k layers before the last and applies the final LayerNorm. As in
-  diffusers, negative prompts are encoded without clip_skip.
+  diffusers, negative prompts are encoded without clip_skip (except with long_prompt="a1111", as in A1111).
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import logging
 
 import torch
 
+from ..text import emphasis
 from ..text.chunks import chunked_input_ids, count_chunks, flatten_chunks, merge_chunks
 
 logger = logging.getLogger("impasto")
 
-LONG_PROMPT_MODES = ("truncate", "chunk")
+LONG_PROMPT_MODES = ("truncate", "chunk", "a1111")
 
 
 def as_list(prompt, name: str) -> list[str]:
@@ -69,6 +73,10 @@ def _encode(text_encoder, tokenizer, texts, device, clip_skip, mode, n_chunks=No
     if mode == "chunk":
         ids, _ = chunked_input_ids(tokenizer, texts, n_chunks)
         return merge_chunks(encode_text(text_encoder, flatten_chunks(ids), device, clip_skip), len(texts))
+    if mode == "a1111":
+        ids, weights = emphasis.batch_chunks(tokenizer, texts, n_chunks)
+        hidden = encode_text(text_encoder, flatten_chunks(ids), device, clip_skip)
+        return merge_chunks(emphasis.apply_weights(hidden, flatten_chunks(weights)), len(texts))
     tokens = tokenize_truncated(tokenizer, texts, max_length, warn)
     return encode_text(text_encoder, tokens.input_ids, device, clip_skip, _mask(text_encoder, tokens))
 
@@ -102,13 +110,17 @@ def encode_prompt(text_encoder, tokenizer, prompt, device, num_images_per_prompt
             if len(negatives) != batch:
                 raise ValueError(f"negative_prompt: got {len(negatives)} negative prompts for {batch} prompts; "
                                  "give one per prompt")
+    if long_prompt == "a1111":
+        texts = [emphasis.strip_extra_networks(t) for t in texts] if texts is not None else None
+        negatives = [emphasis.strip_extra_networks(t) for t in negatives] if negatives else negatives
     n_chunks = None
-    if long_prompt == "chunk":
+    if long_prompt != "truncate":
+        count = count_chunks if long_prompt == "chunk" else emphasis.count_chunks
         if prompt_embeds is None:
-            n_chunks = count_chunks(tokenizer, texts + (negatives or []))
+            n_chunks = count(tokenizer, texts + (negatives or []))
         else:
             n_chunks = max(1, prompt_embeds.shape[1] // tokenizer.model_max_length)
-            if negatives and count_chunks(tokenizer, negatives) > n_chunks:
+            if negatives and count(tokenizer, negatives) > n_chunks:
                 raise ValueError("negative_prompt: needs more 75-token chunks than the given prompt_embeds hold")
     if prompt_embeds is None:
         prompt_embeds = _encode(text_encoder, tokenizer, texts, device, clip_skip, long_prompt, n_chunks)
@@ -119,7 +131,8 @@ def encode_prompt(text_encoder, tokenizer, prompt, device, num_images_per_prompt
     if not do_classifier_free_guidance:
         return prompt_embeds, None
     if negative_prompt_embeds is None:
-        negative_prompt_embeds = _encode(text_encoder, tokenizer, negatives, device, None, long_prompt, n_chunks,
-                                         max_length=prompt_embeds.shape[1], warn=False)
+        negative_clip_skip = clip_skip if long_prompt == "a1111" else None
+        negative_prompt_embeds = _encode(text_encoder, tokenizer, negatives, device, negative_clip_skip, long_prompt,
+                                         n_chunks, max_length=prompt_embeds.shape[1], warn=False)
     negative_prompt_embeds = _repeat(negative_prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
     return prompt_embeds, negative_prompt_embeds

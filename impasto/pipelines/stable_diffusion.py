@@ -227,8 +227,9 @@ def _fix_scheduler_config(scheduler):
 class StableDiffusionPipeline(StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
     """Text-to-image with Stable Diffusion 1.x / 2.x (diffusers' constructor and `__call__`).
 
-    Beyond diffusers: `long_prompt="chunk"` encodes prompts longer than 77 tokens in 75-token chunks
-    (see impasto.conditioning.sd); `pipe.safety_mode = "flag"` keeps flagged images and only reports them.
+    Beyond diffusers: `long_prompt="chunk"` encodes prompts longer than 77 tokens in 75-token chunks,
+    `long_prompt="a1111"` reads AUTOMATIC1111's prompt syntax too, `(word:1.2)`, `[word]`, BREAK (see
+    impasto.conditioning.sd); `pipe.safety_mode = "flag"` keeps flagged images and only reports them.
     """
 
     @torch.no_grad()

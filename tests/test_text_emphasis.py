@@ -147,3 +147,50 @@ def test_extra_networks_removed_and_editing_named(tok, caplog):
     with caplog.at_level("WARNING", logger="impasto"):
         encode_prompt(model, tok, "a [cat:dog:0.5]", "cpu", 1, False, long_prompt="a1111")
     assert "[cat:dog:0.5]" in caplog.text and "prompt editing" in caplog.text
+
+
+@torch.no_grad()
+def test_sdxl_modes():
+    """SDXL: a plain prompt reads the same in every mode; "chunk" and "a1111" give each tower the same windows,
+    weight each tower's features alone, and pool the first window."""
+    from sdxl_utils import sdxl_pair
+
+    pipe = sdxl_pair().mine
+    args = dict(device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt="blurry")
+    plain = pipe.encode_prompt("a red circle", **args)
+    for mode in ("chunk", "a1111"):
+        assert all(torch.equal(x, y) for x, y in zip(plain, pipe.encode_prompt("a red circle", long_prompt=mode,
+                                                                                **args)))
+    pos, neg, pooled, neg_pooled = pipe.encode_prompt("a (red:1.5) circle BREAK on blue", long_prompt="a1111", **args)
+    assert pos.shape[1] == neg.shape[1] == 154
+    towers = [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)]
+    start = 0
+    for i, (encoder, tokenizer) in enumerate(towers):
+        ids = torch.tensor([tokenizer("a red circle", padding="max_length", max_length=77).input_ids])
+        out = encoder(ids, output_hidden_states=True)
+        base = out.hidden_states[-2][0]
+        weights = torch.ones(77)
+        weights[2] = 1.5  # <bos> a (red) circle
+        scaled = base * weights[:, None]
+        width = base.shape[-1]
+        assert max_diff(pos[0, :77, start:start + width], scaled * base.mean() / scaled.mean()) < 1e-6
+        start += width
+        if i == 1:
+            assert max_diff(pooled[0], out[0][0]) < 1e-6  # the first window's pooled embedding
+    long = "a red circle, " * 30
+    chunked = pipe.encode_prompt(long, long_prompt="chunk", **args)
+    assert chunked[0].shape[1] == chunked[1].shape[1] == 77 * 2
+
+
+@torch.no_grad()
+def test_sdxl_pipeline_a1111_equals_diffusers_given_the_embeddings():
+    from sdxl_utils import sdxl_pair
+
+    pair = sdxl_pair()
+    prompt, negative = "a (red:1.3) square, [blue] circle", "(noise:1.2) BREAK dark"
+    embeds = pair.mine.encode_prompt(prompt, device="cpu", negative_prompt=negative, long_prompt="a1111")
+    kw = dict(num_inference_steps=2, output_type="np")
+    mine = pair.mine(prompt, negative_prompt=negative, long_prompt="a1111", generator=gen(0), **kw).images
+    ref = pair.ref(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], pooled_prompt_embeds=embeds[2],
+                   negative_pooled_prompt_embeds=embeds[3], generator=gen(0), **kw).images
+    assert max_diff(mine, ref) < 1e-4

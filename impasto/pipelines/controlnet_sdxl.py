@@ -55,7 +55,8 @@ class StableDiffusionXLControlNetPipeline(ControlNetMixin, StableDiffusionXLBase
                  negative_crops_coords_top_left: tuple[int, int] = (0, 0),
                  negative_target_size: tuple[int, int] | None = None, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], **kwargs):
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], long_prompt: str = "truncate",
+                 **kwargs):
         callback = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or callback
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -78,7 +79,7 @@ class StableDiffusionXLControlNetPipeline(ControlNetMixin, StableDiffusionXLBase
                            negative_crops_coords_top_left, negative_target_size, (int(height), int(width)))
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device)
+                                        num_images_per_prompt, device, long_prompt=long_prompt)
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
@@ -134,7 +135,8 @@ class StableDiffusionXLControlNetImg2ImgPipeline(ControlNetMixin, SDXLImageToIma
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], **kwargs):
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], long_prompt: str = "truncate",
+                 **kwargs):
         callback = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or callback
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -162,7 +164,7 @@ class StableDiffusionXLControlNetImg2ImgPipeline(ControlNetMixin, SDXLImageToIma
                            negative_target_size, (int(height), int(width)))
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device)
+                                        num_images_per_prompt, device, long_prompt=long_prompt)
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, None, None)

@@ -124,8 +124,9 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
                       do_classifier_free_guidance: bool = True, negative_prompt=None, negative_prompt_2=None,
                       prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
                       negative_pooled_prompt_embeds=None, lora_scale: float | None = None,
-                      clip_skip: int | None = None):
-        """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)."""
+                      clip_skip: int | None = None, long_prompt: str = "truncate"):
+        """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds); `long_prompt`
+        as for SD 1.x/2.x ("truncate", "chunk" or "a1111"; see impasto.conditioning.sdxl)."""
         convert = getattr(self, "maybe_convert_prompt", None)
         with self._lora_scope(lora_scale, ("text_encoder", "text_encoder_2")):
             return cond.encode_prompt(
@@ -134,7 +135,7 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
                 negative_prompt_2, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
                 negative_pooled_prompt_embeds, clip_skip, self.config.force_zeros_for_empty_prompt,
                 self.unet.dtype if self.unet is not None else None,
-                (lambda texts, tok: convert(texts, tok)) if convert is not None else None)
+                (lambda texts, tok: convert(texts, tok)) if convert is not None else None, long_prompt)
 
     # ---- checks --------------------------------------------------------------------------------------
     def _check_sdxl(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
@@ -204,11 +205,13 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
         return self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch)
 
     def _encode_call(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
-                     pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device):
+                     pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device,
+                     long_prompt: str = "truncate"):
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
         return self.encode_prompt(prompt, prompt_2, device, num_images_per_prompt, self.do_classifier_free_guidance,
                                   negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
-                                  pooled_prompt_embeds, negative_pooled_prompt_embeds, lora_scale, self.clip_skip)
+                                  pooled_prompt_embeds, negative_pooled_prompt_embeds, lora_scale, self.clip_skip,
+                                  long_prompt)
 
     def _run_loop(self, scheduler, latents, ladder, state, n_steps, generator, eta, batch, device, callback,
                   tensor_inputs, **hooks):
@@ -264,7 +267,8 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
                  negative_crops_coords_top_left: tuple[int, int] = (0, 0),
                  negative_target_size: tuple[int, int] | None = None, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], **kwargs):
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], long_prompt: str = "truncate",
+                 **kwargs):
         callback = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or callback
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -282,7 +286,7 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device)
+                                        num_images_per_prompt, device, long_prompt=long_prompt)
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)

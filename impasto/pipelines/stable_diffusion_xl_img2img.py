@@ -143,7 +143,8 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
                  negative_target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
                  negative_aesthetic_score: float = 2.5, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], **kwargs):
+                 callback_on_step_end_tensor_inputs: list[str] = ["latents"], long_prompt: str = "truncate",
+                 **kwargs):
         callback = self._legacy_callback(kwargs)
         callback_on_step_end = callback_on_step_end or callback
         tensor_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -166,7 +167,7 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device)
+                                        num_images_per_prompt, device, long_prompt=long_prompt)
             dtype = encoded[0].dtype
             pixels = self.image_processor.preprocess(_as_rgb(image))
             scheduler = self.scheduler

@@ -71,6 +71,42 @@ def test_generate_a1111_syntax(folder, tmp_path):
     assert np.abs(np.asarray(again.images[0], np.int16) - np.asarray(image, np.int16)).max() <= 1
 
 
+def test_generate_with_lora_and_embedding(folder, tmp_path, capsys):
+    """--lora FILE:W and --embedding FILE draw what load_lora_weights + set_adapters and load_textual_inversion
+    (token = the file's name) draw through the Python API; each changes the image."""
+    import impasto
+    from safetensors.torch import save_file
+
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for name, module in pipe.unet.named_modules():
+        if name.endswith(("attn1.to_q", "attn2.to_v")):
+            out_f, in_f = module.weight.shape
+            lora[f"unet.{name}.lora_A.weight"] = torch.randn(4, in_f, generator=g)
+            lora[f"unet.{name}.lora_B.weight"] = torch.randn(out_f, 4, generator=g)
+    save_file(lora, str(tmp_path / "style.safetensors"))
+    save_file({"emb_params": torch.randn(2, 32, generator=g)}, str(tmp_path / "mytoken.safetensors"))
+    prompt = "a mytoken square"
+    args = ["generate", prompt, "--model", folder, "--steps", 3, "--seed", 5]
+    assert _main(args + ["-o", tmp_path / "both.png", "--lora", f"{tmp_path / 'style.safetensors'}:0.7",
+                         "--embedding", tmp_path / "mytoken.safetensors"]) == 0
+    assert _main(args + ["-o", tmp_path / "plain.png"]) == 0
+    both = np.asarray(PIL.Image.open(tmp_path / "both.png"), np.int16)
+    assert 'Lora: "style.safetensors:0.7"' in PIL.Image.open(tmp_path / "both.png").text["parameters"]
+    pipe.load_lora_weights(tmp_path / "style.safetensors", adapter_name="style")
+    pipe.set_adapters(["style"], [0.7])
+    pipe.load_textual_inversion(tmp_path / "mytoken.safetensors", token="mytoken")
+    again = pipe(prompt, num_inference_steps=3, generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert np.abs(np.asarray(again, np.int16) - both).max() <= 1
+    assert np.abs(np.asarray(PIL.Image.open(tmp_path / "plain.png"), np.int16) - both).max() > 10
+    assert _main(args + ["-o", tmp_path / "x.png", "--lora", "/nonexistent.safetensors:0.5"]) == 1
+    assert "--lora: no such file" in capsys.readouterr().err
+    assert _main(args + ["-o", tmp_path / "x.png", "--lora", f"{tmp_path / 'style.safetensors'}:strong"]) == 1
+    assert "--lora: expected FILE or FILE:WEIGHT" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,word", [
     (["--width", 30], "--width"),
     (["--steps", 0], "--steps"),

@@ -51,6 +51,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--long-prompt", choices=("truncate", "chunk", "a1111"), default="truncate",
                    help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks; a1111: "
                         "chunks and AUTOMATIC1111's syntax, (word:1.2), (word), [word], BREAK")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:W]",
+                   help="apply a LoRA file (diffusers/PEFT, kohya or A1111) with weight W (default 1); repeatable")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                   help="load a textual-inversion embedding; write TOKEN (default: the file's name without its "
+                        "extension, as in A1111) in the prompt; repeatable")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights' dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
@@ -131,6 +136,40 @@ def load_pipeline(args, img2img: bool, inpaint: bool = False):
     return pipe.to(device), device
 
 
+def split_option(value: str, flag: str, number: bool) -> tuple[str, str | None]:
+    """'FILE:X' -> (FILE, X) when FILE exists and X is given (a number for --lora); else (value, None)."""
+    head, sep, tail = value.rpartition(":")
+    if sep and tail and Path(os.path.expanduser(head)).is_file():
+        if number:
+            try:
+                float(tail)
+            except ValueError:
+                raise ValueError(f"{flag}: expected FILE or FILE:WEIGHT with a number, got {value!r}") from None
+        return head, tail
+    if not Path(os.path.expanduser(value)).is_file():
+        raise ValueError(f"{flag}: no such file: {value}")
+    return value, None
+
+
+def add_networks(pipe, args) -> None:
+    """--embedding and --lora files, loaded into the pipeline (LoRAs weighted with set_adapters)."""
+    for value in args.embedding:
+        if not hasattr(pipe, "load_textual_inversion"):
+            raise ValueError(f"--embedding: {type(pipe).__name__} does not take textual inversion")
+        path, token = split_option(value, "--embedding", number=False)
+        pipe.load_textual_inversion(path, token=token or Path(path).stem)
+    names, weights = [], []
+    for i, value in enumerate(args.lora):
+        if not hasattr(pipe, "load_lora_weights"):
+            raise ValueError(f"--lora: {type(pipe).__name__} does not take LoRA")
+        path, weight = split_option(value, "--lora", number=True)
+        names.append(f"lora_{i}")
+        weights.append(float(weight) if weight is not None else 1.0)
+        pipe.load_lora_weights(path, adapter_name=names[-1])
+    if names:
+        pipe.set_adapters(names, weights)
+
+
 def read_image(path: str, flag: str = "--init-image"):
     import PIL.Image
 
@@ -153,6 +192,9 @@ def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
         fields.append(("Denoising strength", args.strength if args.strength is not None else 0.8))
     if args.clip_skip is not None:
         fields.append(("Clip skip", args.clip_skip))
+    for flag, key in ((args.lora, "Lora"), (args.embedding, "Embeddings")):
+        if flag:  # quoted as A1111 quotes values holding commas
+            fields.append((key, '"' + ", ".join(Path(v).name for v in flag) + '"'))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
 
@@ -175,7 +217,7 @@ def refine(args, pipe, kwargs: dict, device, seed: int):
     if args.scheduler:
         refiner.scheduler = impasto.scheduler_from_name(args.scheduler, refiner.scheduler.config)
     n = len(latents)  # one prompt per image: the latents already hold num_images_per_prompt images
-    keys = ("guidance_scale", "clip_skip") + (("mask_image", "height", "width") if inpaint else ())
+    keys = ("guidance_scale", "clip_skip", "long_prompt") + (("mask_image", "height", "width") if inpaint else ())
     extra = {k: kwargs[k] for k in keys if k in kwargs}
     if kwargs.get("negative_prompt") is not None:
         extra["negative_prompt"] = [kwargs["negative_prompt"]] * n
@@ -202,6 +244,7 @@ def run(args) -> int:
     init = read_image(args.init_image) if img2img else None
     mask = read_image(args.mask, "--mask").convert("L") if args.mask is not None else None
     pipe, device = load_pipeline(args, img2img, mask is not None)
+    add_networks(pipe, args)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     if args.seed is None:
         print(f"seed: {seed}", file=sys.stderr)

@@ -67,6 +67,7 @@ _EXPORTS = {
     "StableDiffusionControlNetImg2ImgPipeline": "pipelines.controlnet",
     "StableDiffusionXLControlNetPipeline": "pipelines.controlnet_sdxl",
     "StableDiffusionXLControlNetImg2ImgPipeline": "pipelines.controlnet_sdxl",
+    "hires_fix": "pipelines.hires_fix",
     "LDMTextToImagePipeline": "pipelines.latent_diffusion",
     "LDMSuperResolutionPipeline": "pipelines.latent_diffusion_superresolution",
     # jax (optional extra; importing these needs jax and flax)

@@ -107,6 +107,28 @@ def test_generate_with_lora_and_embedding(folder, tmp_path, capsys):
     assert "--lora: expected FILE or FILE:WEIGHT" in capsys.readouterr().err
 
 
+def test_generate_hires_fix(folder, tmp_path, capsys):
+    """--hires-scale: the image is hires_fix's with the second pass re-seeded from the same seed (A1111's way)."""
+    import impasto
+
+    args = ["generate", "a red square", "--model", folder, "--steps", 3, "--seed", 4, "--hires-scale", 1.5]
+    assert _main(args + ["-o", tmp_path / "h.png", "--hires-strength", 0.6, "--hires-upscaler", "lanczos"]) == 0
+    image = PIL.Image.open(tmp_path / "h.png")
+    assert image.size == (48, 48)
+    assert "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: lanczos" in \
+        image.text["parameters"]
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    again = impasto.hires_fix(pipe, "a red square", scale=1.5, strength=0.6, upscaler="lanczos",
+                              num_inference_steps=3, generator=[torch.Generator().manual_seed(4)],
+                              hires_generator=[torch.Generator().manual_seed(4)]).images[0]
+    assert np.abs(np.asarray(again, np.int16) - np.asarray(image, np.int16)).max() <= 1
+    assert _main(args + ["-o", tmp_path / "x.png", "--hires-upscaler", "ESRGAN_4x"]) == 1
+    assert "--hires-upscaler: expected one of" in capsys.readouterr().err
+    assert _main(["generate", "a cat", "--model", folder, "-o", tmp_path / "x.png", "--hires-steps", 2]) == 1
+    assert "--hires-steps: only used with --hires-scale" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,word", [
     (["--width", 30], "--width"),
     (["--steps", 0], "--steps"),

@@ -47,6 +47,16 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "the rest (ensemble of experts)")
     p.add_argument("--high-noise-frac", type=float, default=None, metavar="F",
                    help="with --refiner: the fraction of the schedule the base model runs, in (0, 1) (default 0.8)")
+    p.add_argument("--hires-scale", type=float, default=None, metavar="F",
+                   help="A1111's Hires. fix: draw at --width x --height, upscale by F, then repaint at the larger "
+                        "size (text-to-image only)")
+    p.add_argument("--hires-strength", type=float, default=None, metavar="S",
+                   help="with --hires-scale: how much the second pass repaints, in (0, 1] (default 0.7)")
+    p.add_argument("--hires-steps", type=int, default=None, metavar="N",
+                   help="with --hires-scale: the second pass's steps (default: --steps)")
+    p.add_argument("--hires-upscaler", default=None, metavar="NAME",
+                   help="with --hires-scale: latent (default), latent-antialiased, latent-bicubic, "
+                        "latent-bicubic-antialiased, latent-nearest, latent-nearest-exact, lanczos or nearest")
     p.add_argument("--clip-skip", type=int, default=None, metavar="K", help="use the text encoder's K-th last layer")
     p.add_argument("--long-prompt", choices=("truncate", "chunk", "a1111"), default="truncate",
                    help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks; a1111: "
@@ -82,6 +92,11 @@ def _check(args) -> None:
         raise ValueError("--high-noise-frac: only used with --refiner")
     if args.high_noise_frac is not None and not 0.0 < args.high_noise_frac < 1.0:
         raise ValueError(f"--high-noise-frac: expected a fraction in (0, 1), got {args.high_noise_frac}")
+    hires = ("hires_strength", "hires_steps", "hires_upscaler")
+    for name in [n for n in hires if getattr(args, n) is not None and args.hires_scale is None]:
+        raise ValueError(f"--{name.replace('_', '-')}: only used with --hires-scale")
+    if args.hires_scale is not None and (args.init_image is not None or args.refiner is not None):
+        raise ValueError("--hires-scale: text-to-image only (not with --init-image or --refiner)")
     if args.init_image is not None and (args.width or args.height):
         raise ValueError("--width/--height: with --init-image the size is the image's (resize the image instead)")
 
@@ -192,6 +207,10 @@ def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
         fields.append(("Denoising strength", args.strength if args.strength is not None else 0.8))
     if args.clip_skip is not None:
         fields.append(("Clip skip", args.clip_skip))
+    if args.hires_scale is not None:
+        fields += [("Denoising strength", 0.7 if args.hires_strength is None else args.hires_strength),
+                   ("Hires upscale", args.hires_scale), ("Hires steps", args.hires_steps or args.steps),
+                   ("Hires upscaler", args.hires_upscaler or "latent")]
     for flag, key in ((args.lora, "Lora"), (args.embedding, "Embeddings")):
         if flag:  # quoted as A1111 quotes values holding commas
             fields.append((key, '"' + ", ".join(Path(v).name for v in flag) + '"'))
@@ -224,6 +243,28 @@ def refine(args, pipe, kwargs: dict, device, seed: int):
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
     return refiner(prompt=[args.prompt] * n, image=latents, num_inference_steps=args.steps, denoising_start=frac,
                    generator=generators, output_type="pil", **extra)
+
+
+def hires(args, pipe, kwargs: dict, seed: int):
+    """--hires-scale: impasto.hires_fix; the second pass draws fresh noise from the same seeds, as A1111 does."""
+    import torch
+
+    from impasto import hires_fix
+
+    if type(pipe).__name__ not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ValueError(f"--hires-scale: not supported by {type(pipe).__name__}")
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(args.num_images)]
+    options = dict(scale=args.hires_scale, strength=0.7 if args.hires_strength is None else args.hires_strength,
+                   hires_steps=args.hires_steps, upscaler=args.hires_upscaler or "latent")
+    flags = {"scale": "--hires-scale", "strength": "--hires-strength", "hires_steps": "--hires-steps",
+             "upscaler": "--hires-upscaler"}
+    try:
+        return hires_fix(pipe, hires_generator=generators, **options, **kwargs)
+    except ValueError as e:  # name the flag, not the Python argument
+        name, sep, rest = str(e).partition(":")
+        if sep and name in flags:
+            raise ValueError(f"{flags[name]}:{rest}") from None
+        raise
 
 
 def output_paths(output: str, k: int) -> list[Path]:
@@ -265,7 +306,10 @@ def run(args) -> int:
         if kwargs[key] is not None and not (key == "long_prompt" and kwargs[key] == "truncate"):
             raise ValueError(f"{FLAGS.get(key, '--' + key)}: not supported by {type(pipe).__name__}")
         kwargs.pop(key)
-    out = pipe(**kwargs) if args.refiner is None else refine(args, pipe, kwargs, device, seed)
+    if args.hires_scale is not None:
+        out = hires(args, pipe, kwargs, seed)
+    else:
+        out = pipe(**kwargs) if args.refiner is None else refine(args, pipe, kwargs, device, seed)
     images = out.images
     flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(images)
     sampler = args.scheduler or type(pipe.scheduler).__name__

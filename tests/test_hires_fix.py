@@ -1,7 +1,6 @@
 """hires_fix (A1111's Hires. fix) against the same two passes written with diffusers' pipelines."""
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
 import impasto

@@ -129,6 +129,66 @@ def test_generate_hires_fix(folder, tmp_path, capsys):
     assert "--hires-steps: only used with --hires-scale" in capsys.readouterr().err
 
 
+A1111_TEXT = """masterpiece, (a red square:1.2)
+at dusk
+Negative prompt: blurry, [text]
+Steps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6, Seed: 42, Size: 32x40, Model hash: 0a1b2c, \
+Clip skip: 2, Lora hashes: "x: 1234, y: 5678", Version: v1.10.1"""
+
+
+def test_parse_a1111_parameters():
+    from impasto.commands.infotext import format_parameters, parse_parameters
+
+    prompt, negative, fields = parse_parameters(A1111_TEXT)
+    assert prompt == "masterpiece, (a red square:1.2)\nat dusk" and negative == "blurry, [text]"
+    assert fields["Size-1"] == "32" and fields["Size-2"] == "40" and fields["Lora hashes"] == "x: 1234, y: 5678"
+    assert fields["Sampler"] == "Euler a" and fields["Clip skip"] == "2" and fields["Version"] == "v1.10.1"
+    text = format_parameters("a, b", "c", [("Steps", 3), ("Lora", "a.safetensors:0.5, b"), ("Skipped", None),
+                                           ("Seed", 1)])
+    assert parse_parameters(text) == ("a, b", "c", {"Steps": "3", "Lora": "a.safetensors:0.5, b", "Seed": "1"})
+    # as in A1111, a last line of fewer than three fields is prompt text
+    assert parse_parameters("a\nSteps: 3, Seed: 1") == ("a\nSteps: 3, Seed: 1", "", {})
+    assert parse_parameters("just a prompt") == ("just a prompt", "", {})
+
+
+def test_params_from_round_trip(folder, tmp_path, capsys):
+    """An image made again from its own PNG parameters (prompt, negative, seed, sampler, guidance, size, clip skip,
+    Hires. fix) is the same image; an A1111 PNG's settings and prompt syntax are read as A1111 meant them."""
+    import impasto
+
+    assert _main(["generate", "a (red:1.3) square", "-o", tmp_path / "a.png", "--model", folder, "--steps", 3,
+                  "--seed", 11, "--num-images", 2, "--negative", "blurry, dark", "--scheduler", "Euler a",
+                  "--guidance", 5, "--clip-skip", 1, "--width", 24, "--hires-scale", 2, "--hires-strength", 0.7]) == 0
+    first = PIL.Image.open(tmp_path / "a-2.png")
+    assert "Seed: 12, Size: 24x32" in first.text["parameters"] and "Clip skip: 2" in first.text["parameters"]
+    capsys.readouterr()
+    assert _main(["generate", "-o", tmp_path / "b.png", "--model", folder, "--params-from", tmp_path / "a-2.png"]) == 0
+    again = PIL.Image.open(tmp_path / "b.png")
+    assert again.size == first.size == (48, 64)
+    assert np.abs(np.asarray(again, np.int16) - np.asarray(first, np.int16)).max() <= 1
+    assert "not applied: Model" in capsys.readouterr().err
+    assert again.text["parameters"] == first.text["parameters"]
+    # an A1111 image: its prompt syntax, sampler, seed, size and clip skip
+    info = PIL.PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111_TEXT)
+    PIL.Image.new("RGB", (32, 40)).save(tmp_path / "a1111.png", pnginfo=info)
+    assert _main(["generate", "-o", tmp_path / "c.png", "--model", folder, "--params-from", tmp_path / "a1111.png"]) == 0
+    assert "not applied: Lora hashes, Model hash, Version" in capsys.readouterr().err
+    pipe = impasto.StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = impasto.scheduler_from_name("Euler a", pipe.scheduler.config)
+    want = pipe("masterpiece, (a red square:1.2)\nat dusk", negative_prompt="blurry, [text]", num_inference_steps=3,
+                guidance_scale=6.0, width=32, height=40, clip_skip=1, long_prompt="a1111",
+                generator=[torch.Generator().manual_seed(42)]).images[0]
+    got = PIL.Image.open(tmp_path / "c.png")
+    assert np.abs(np.asarray(want, np.int16) - np.asarray(got, np.int16)).max() <= 1
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    assert _main(["generate", "-o", tmp_path / "d.png", "--model", folder, "--params-from", tmp_path / "plain.png"]) == 1
+    assert "holds no A1111 'parameters' text" in capsys.readouterr().err
+    assert _main(["generate", "-o", tmp_path / "d.png", "--model", folder]) == 1
+    assert "prompt: give the text to draw" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,word", [
     (["--width", 30], "--width"),
     (["--steps", 0], "--steps"),

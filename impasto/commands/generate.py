@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from .infotext import format_parameters, parse_parameters, read_png_parameters
+
 DEFAULT_MODEL = "impasto/shapes"
 DTYPES = ("float32", "bfloat16", "float16")
 FLAGS = {"negative_prompt": "--negative", "num_images_per_prompt": "--num-images", "clip_skip": "--clip-skip",
@@ -21,15 +23,15 @@ FLAGS = {"negative_prompt": "--negative", "num_images_per_prompt": "--num-images
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("generate", help="make images from a prompt (optionally from an initial image)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("prompt", help="what to draw")
+    p.add_argument("prompt", nargs="?", default=None, help="what to draw (may come from --params-from)")
     p.add_argument("-o", "--output", required=True,
                    help="output PNG; with --num-images K > 1, files are named NAME-1.png ... NAME-K.png")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"diffusers model folder, hub id or single .safetensors/.ckpt file (default: {DEFAULT_MODEL}, "
                         "the small built-in model)")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (what to avoid)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 30)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--scheduler", default=None, metavar="NAME",
                    help="sampler: an impasto class name (EulerDiscreteScheduler) or an A1111 name "
@@ -57,10 +59,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hires-upscaler", default=None, metavar="NAME",
                    help="with --hires-scale: latent (default), latent-antialiased, latent-bicubic, "
                         "latent-bicubic-antialiased, latent-nearest, latent-nearest-exact, lanczos or nearest")
-    p.add_argument("--clip-skip", type=int, default=None, metavar="K", help="use the text encoder's K-th last layer")
-    p.add_argument("--long-prompt", choices=("truncate", "chunk", "a1111"), default="truncate",
+    p.add_argument("--clip-skip", type=int, default=None, metavar="K",
+                   help="skip the text encoder's last K layers (diffusers' clip_skip; A1111's \"Clip skip\" K+1)")
+    p.add_argument("--params-from", default=None, metavar="PNG",
+                   help="take the prompt and settings from the A1111 'parameters' text of an A1111 or impasto PNG; "
+                        "flags given override them")
+    p.add_argument("--long-prompt", choices=("truncate", "chunk", "a1111"), default=None,
                    help="prompts over 77 tokens: cut them (default) or encode them in 75-token chunks; a1111: "
-                        "chunks and AUTOMATIC1111's syntax, (word:1.2), (word), [word], BREAK")
+                        "chunks and AUTOMATIC1111's syntax, (word:1.2), (word), [word], BREAK (the default with "
+                        "--params-from an A1111 image)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:W]",
                    help="apply a LoRA file (diffusers/PEFT, kohya or A1111) with weight W (default 1); repeatable")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
@@ -71,6 +78,62 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
     return p
+
+
+UPSCALERS = {"Latent": "latent", "Latent (antialiased)": "latent-antialiased", "Latent (bicubic)": "latent-bicubic",
+             "Latent (bicubic antialiased)": "latent-bicubic-antialiased", "Latent (nearest)": "latent-nearest",
+             "Latent (nearest-exact)": "latent-nearest-exact", "Lanczos": "lanczos", "Nearest": "nearest"}
+
+
+def _from_params(args) -> None:
+    """--params-from: fill what the command line left unset from the PNG's A1111 parameters."""
+    prompt, negative, fields = parse_parameters(read_png_parameters(args.params_from))
+    used = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2", "Clip skip", "Long prompt",
+            "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler"}
+
+    def number(key, kind):
+        try:
+            return kind(fields[key]) if key in fields else None
+        except ValueError:
+            raise ValueError(f"--params-from: {key} {fields[key]!r} is not a number") from None
+
+    args.prompt = prompt if args.prompt is None else args.prompt
+    args.negative = (negative or None) if args.negative is None else args.negative
+    for name, key, kind in (("steps", "Steps", int), ("guidance", "CFG scale", float), ("seed", "Seed", int),
+                            ("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int)):
+        if getattr(args, name) is None:
+            setattr(args, name, number(key, kind))
+    if args.init_image is None and args.width is None and args.height is None:
+        args.width, args.height = number("Size-1", int), number("Size-2", int)
+    if args.scheduler is None and "Sampler" in fields:
+        schedule = fields.get("Schedule type", "Automatic")
+        args.scheduler = fields["Sampler"] + (f" {schedule}" if schedule not in ("Automatic", "") else "")
+    skip = number("Clip skip", int)
+    if args.clip_skip is None and skip is not None and skip > 1:
+        args.clip_skip = skip - 1
+    strength = number("Denoising strength", float)
+    if args.hires_scale is not None and args.hires_strength is None:
+        args.hires_strength = strength
+    elif args.init_image is not None and args.strength is None:
+        args.strength = strength
+    if args.hires_scale is not None and args.hires_upscaler is None and "Hires upscaler" in fields:
+        name = fields["Hires upscaler"]
+        args.hires_upscaler = UPSCALERS.get(name, name)
+    if args.long_prompt is None:
+        args.long_prompt = fields.get("Long prompt", "a1111")  # without the field, A1111 made the image
+    ignored = sorted(k for k in fields if k not in used)
+    if ignored:
+        print(f"--params-from: not applied: {', '.join(ignored)}", file=sys.stderr)
+
+
+def _resolve(args) -> None:
+    if args.params_from is not None:
+        _from_params(args)
+    if args.prompt is None:
+        raise ValueError("prompt: give the text to draw (or --params-from PNG)")
+    args.steps = 30 if args.steps is None else args.steps
+    args.guidance = 7.5 if args.guidance is None else args.guidance
+    args.long_prompt = args.long_prompt or "truncate"
 
 
 def _check(args) -> None:
@@ -197,25 +260,22 @@ def read_image(path: str, flag: str = "--init-image"):
 
 
 def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
-    """The text A1111 writes into a PNG's `parameters` chunk (read back by most SD tools)."""
-    lines = [args.prompt]
-    if args.negative:
-        lines.append(f"Negative prompt: {args.negative}")
+    """The text A1111 writes into a PNG's `parameters` chunk (read back by most SD tools and --params-from)."""
     fields = [("Steps", args.steps), ("Sampler", sampler), ("CFG scale", args.guidance), ("Seed", seed),
               ("Size", f"{size[0]}x{size[1]}"), ("Model", model)]
     if args.init_image is not None:
         fields.append(("Denoising strength", args.strength if args.strength is not None else 0.8))
     if args.clip_skip is not None:
-        fields.append(("Clip skip", args.clip_skip))
+        fields.append(("Clip skip", args.clip_skip + 1))  # A1111 counts the last layer as 1
     if args.hires_scale is not None:
         fields += [("Denoising strength", 0.7 if args.hires_strength is None else args.hires_strength),
                    ("Hires upscale", args.hires_scale), ("Hires steps", args.hires_steps or args.steps),
                    ("Hires upscaler", args.hires_upscaler or "latent")]
     for flag, key in ((args.lora, "Lora"), (args.embedding, "Embeddings")):
-        if flag:  # quoted as A1111 quotes values holding commas
-            fields.append((key, '"' + ", ".join(Path(v).name for v in flag) + '"'))
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
-    return "\n".join(lines)
+        if flag:
+            fields.append((key, ", ".join(Path(v).name for v in flag)))
+    fields.append(("Long prompt", args.long_prompt))
+    return format_parameters(args.prompt, args.negative, fields)
 
 
 def refine(args, pipe, kwargs: dict, device, seed: int):
@@ -280,6 +340,7 @@ def run(args) -> int:
     import torch
     from PIL.PngImagePlugin import PngInfo
 
+    _resolve(args)
     _check(args)
     img2img = args.init_image is not None
     init = read_image(args.init_image) if img2img else None
@@ -306,7 +367,11 @@ def run(args) -> int:
         if kwargs[key] is not None and not (key == "long_prompt" and kwargs[key] == "truncate"):
             raise ValueError(f"{FLAGS.get(key, '--' + key)}: not supported by {type(pipe).__name__}")
         kwargs.pop(key)
+    size = None  # the PNG's "Size": the first pass's with Hires. fix, as A1111 writes it
     if args.hires_scale is not None:
+        from impasto.pipelines.hires_fix import first_pass_size
+
+        size = first_pass_size(pipe, args.height, args.width)[::-1]
         out = hires(args, pipe, kwargs, seed)
     else:
         out = pipe(**kwargs) if args.refiner is None else refine(args, pipe, kwargs, device, seed)
@@ -318,7 +383,7 @@ def run(args) -> int:
     for i, (image, path) in enumerate(zip(images, paths)):
         path.parent.mkdir(parents=True, exist_ok=True)
         info = PngInfo()
-        info.add_text("parameters", a1111_parameters(args, seed + i, image.size, sampler, model))
+        info.add_text("parameters", a1111_parameters(args, seed + i, size or image.size, sampler, model))
         if path.suffix.lower() == ".png":
             image.save(path, pnginfo=info)
         else:

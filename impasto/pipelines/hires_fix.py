@@ -45,6 +45,14 @@ def _check(pipe, scale, strength, hires_steps, upscaler):
                          f"got {upscaler!r}")
 
 
+def first_pass_size(pipe, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width) the first pass draws: as given, else the model's default."""
+    if hasattr(pipe, "_default_size"):  # SD 1.x / 2.x: the UNet's sample size
+        return pipe._default_size(height, width)
+    default = pipe.default_sample_size * pipe.vae_scale_factor  # SDXL
+    return height or default, width or default
+
+
 def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """The second pass's size: `scale` times the first's, rounded down to a multiple of 8."""
     h, w = int(height * scale) // 8 * 8, int(width * scale) // 8 * 8
@@ -74,13 +82,7 @@ def hires_fix(pipe, prompt=None, *, scale: float = 2.0, strength: float = 0.7, h
     import impasto
 
     _check(pipe, scale, strength, hires_steps, upscaler)
-    height, width = kwargs.get("height"), kwargs.get("width")
-    if hasattr(pipe, "_default_size"):  # SD 1.x / 2.x: the UNet's sample size
-        height, width = pipe._default_size(height, width)
-    else:  # SDXL
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
-    size = target_size(height, width, scale)
+    size = target_size(*first_pass_size(pipe, kwargs.get("height"), kwargs.get("width")), scale)
     latent = upscaler in LATENT_UPSCALERS
     first = pipe(prompt, generator=generator, output_type="latent" if latent else "pil", **kwargs).images
     if latent:

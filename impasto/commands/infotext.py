@@ -7,11 +7,15 @@
 The prompt may span several lines; "Negative prompt:" starts the negative one; the last line holds
 `key: value` fields separated by commas (a value holding commas is quoted). As A1111's
 parse_generation_parameters, the last line counts as fields only if it holds at least three.
+`a1111_parameters` writes the chunk of `impasto generate`'s images; `apply_parameters` fills the generate
+command's unset flags from one (`--params-from`).
 """
 from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
 _FIELD = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -74,3 +78,68 @@ def read_png_parameters(path) -> str:
     if not text:
         raise ValueError(f"--params-from: {path} holds no A1111 'parameters' text")
     return text
+
+
+def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
+    """The text A1111 writes into a PNG's `parameters` chunk (read back by most SD tools and --params-from)."""
+    fields = [("Steps", args.steps), ("Sampler", sampler), ("CFG scale", args.guidance), ("Seed", seed),
+              ("Size", f"{size[0]}x{size[1]}"), ("Model", model)]
+    if args.init_image is not None:
+        fields.append(("Denoising strength", args.strength if args.strength is not None else 0.8))
+    if args.clip_skip is not None:
+        fields.append(("Clip skip", args.clip_skip + 1))  # A1111 counts the last layer as 1
+    if args.hires_scale is not None:
+        fields += [("Denoising strength", 0.7 if args.hires_strength is None else args.hires_strength),
+                   ("Hires upscale", args.hires_scale), ("Hires steps", args.hires_steps or args.steps),
+                   ("Hires upscaler", args.hires_upscaler or "latent")]
+    for flag, key in ((args.lora, "Lora"), (args.embedding, "Embeddings")):
+        if flag:
+            fields.append((key, ", ".join(Path(v).name for v in flag)))
+    fields.append(("Long prompt", args.long_prompt))
+    return format_parameters(args.prompt, args.negative, fields)
+
+
+UPSCALERS = {"Latent": "latent", "Latent (antialiased)": "latent-antialiased", "Latent (bicubic)": "latent-bicubic",
+             "Latent (bicubic antialiased)": "latent-bicubic-antialiased", "Latent (nearest)": "latent-nearest",
+             "Latent (nearest-exact)": "latent-nearest-exact", "Lanczos": "lanczos", "Nearest": "nearest"}
+
+
+def apply_parameters(args) -> None:
+    """`impasto generate --params-from PNG`: fill what the command line left unset from the PNG's parameters."""
+    prompt, negative, fields = parse_parameters(read_png_parameters(args.params_from))
+    used = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2", "Clip skip", "Long prompt",
+            "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler"}
+
+    def number(key, kind):
+        try:
+            return kind(fields[key]) if key in fields else None
+        except ValueError:
+            raise ValueError(f"--params-from: {key} {fields[key]!r} is not a number") from None
+
+    args.prompt = prompt if args.prompt is None else args.prompt
+    args.negative = (negative or None) if args.negative is None else args.negative
+    for name, key, kind in (("steps", "Steps", int), ("guidance", "CFG scale", float), ("seed", "Seed", int),
+                            ("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int)):
+        if getattr(args, name) is None:
+            setattr(args, name, number(key, kind))
+    if args.init_image is None and args.width is None and args.height is None:
+        args.width, args.height = number("Size-1", int), number("Size-2", int)
+    if args.scheduler is None and "Sampler" in fields:
+        schedule = fields.get("Schedule type", "Automatic")
+        args.scheduler = fields["Sampler"] + (f" {schedule}" if schedule not in ("Automatic", "") else "")
+    skip = number("Clip skip", int)
+    if args.clip_skip is None and skip is not None and skip > 1:
+        args.clip_skip = skip - 1
+    strength = number("Denoising strength", float)
+    if args.hires_scale is not None and args.hires_strength is None:
+        args.hires_strength = strength
+    elif args.init_image is not None and args.strength is None:
+        args.strength = strength
+    if args.hires_scale is not None and args.hires_upscaler is None and "Hires upscaler" in fields:
+        name = fields["Hires upscaler"]
+        args.hires_upscaler = UPSCALERS.get(name, name)
+    if args.long_prompt is None:
+        args.long_prompt = fields.get("Long prompt", "a1111")  # without the field, A1111 made the image
+    ignored = sorted(k for k in fields if k not in used)
+    if ignored:
+        print(f"--params-from: not applied: {', '.join(ignored)}", file=sys.stderr)

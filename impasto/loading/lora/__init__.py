@@ -1,3 +1,6 @@
 """LoRA: file formats, hooks on Linear/Conv2d layers, and the pipeline mixin."""
-from .formats import LoraWeights  # noqa: F401
-from .mixin import LoraLoaderMixin  # noqa: F401
+from .formats import LoraWeights
+from .lycoris import DeltaWeights
+from .mixin import LoraLoaderMixin
+
+__all__ = ["DeltaWeights", "LoraLoaderMixin", "LoraWeights"]

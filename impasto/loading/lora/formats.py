@@ -1,10 +1,10 @@
-"""LoRA file formats -> one normal form: {component: {module name: LoraWeights}}.
+"""LoRA file formats -> one normal form: {component: {module name: LoraWeights | LycorisWeights}}.
 
 Formats read: diffusers/PEFT (`unet.<module>.lora_A.weight` / `lora_B.weight`, alphas in the
 `lora_adapter_metadata`), the older diffusers attention-processor names (`...to_q_lora.down.weight`), and
-kohya/A1111 (`lora_unet_*`, `lora_te_*`, `lora_te1_*`, `lora_te2_*` with `.lora_down`/`.lora_up`/`.alpha`,
-convolution LoRA included). Module names are resolved against the real model, so every key either lands
-on a layer or is reported by name.
+kohya/A1111 (`lora_unet_*`, `lora_te_*`, `lora_te1_*`, `lora_te2_*`: LoRA/LoCon and the LyCORIS LoHa, LoKr and
+full networks, read in kohya.py / lycoris.py). Module names are resolved against the real model, so every key
+either lands on a layer or is reported by name.
 """
 from __future__ import annotations
 
@@ -14,11 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from ..single_file import keys as K
-
-KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-                "lora_te2_": "text_encoder_2"}
 
 
 @dataclass
@@ -46,50 +41,15 @@ def lora_targets(module: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
-def _kohya_lookup(component: str, module: nn.Module) -> dict[str, str]:
-    names = lora_targets(module)
-    table = {n.replace(".", "_"): n for n in names}
-    if component == "unet" and hasattr(module, "config"):  # SDXL kohya files use the original (sgm) names
-        inverse = {d: o for d, o in K.unet_pairs(module.config)}
-        for n in names:
-            original = K._rename(n, inverse)
-            table.setdefault(original.replace(".", "_"), n)
-    return table
-
-
 def parse(state: dict, components: dict[str, nn.Module], metadata: dict | None = None):
-    """Returns ({component: {module: LoraWeights}}, unmatched keys)."""
-    if any(k.startswith(tuple(KOHYA_PREFIX)) for k in state):
-        return _parse_kohya(state, components)
+    """Returns ({component: {module: LoraWeights | LycorisWeights}}, unmatched keys); ValueError for networks
+    that are recognised but not read (DoRA, IA3, GLoRA, ...)."""
+    from . import kohya  # kohya.py builds on this module's LoraWeights
+
+    kohya.refuse_unsupported(state)
+    if kohya.is_kohya(state):
+        return kohya.parse(state, components)
     return _parse_diffusers(state, components, metadata or {})
-
-
-def _parse_kohya(state, components):
-    out: dict[str, dict[str, LoraWeights]] = {}
-    unmatched, used = [], set()
-    lookups = {}
-    for key in state:
-        if not key.endswith(".lora_down.weight"):
-            continue
-        name = key[: -len(".lora_down.weight")]
-        prefix = next((p for p in sorted(KOHYA_PREFIX, key=len, reverse=True) if name.startswith(p)), None)
-        comp = KOHYA_PREFIX.get(prefix)
-        if comp not in components or components[comp] is None:
-            unmatched.append(key)
-            continue
-        if comp not in lookups:
-            lookups[comp] = _kohya_lookup(comp, components[comp])
-        target = lookups[comp].get(name[len(prefix):])
-        up_key, alpha_key = name + ".lora_up.weight", name + ".alpha"
-        if target is None or up_key not in state:
-            unmatched.append(key)
-            continue
-        alpha = state.get(alpha_key)
-        out.setdefault(comp, {})[target] = LoraWeights(state[key], state[up_key],
-                                                       None if alpha is None else float(alpha))
-        used.update({key, up_key, alpha_key})
-    unmatched += [k for k in state if k not in used and k not in unmatched]
-    return out, unmatched
 
 
 _DIFFUSERS_PATTERNS = [

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from .. import weights as W
 from ..hub import resolve_file
-from . import formats, layers
+from . import formats, kohya, layers
+from .fit import fit_all
+from .lycoris import DeltaWeights
 
 logger = logging.getLogger("impasto")
 LORA_WEIGHT_NAME_SAFE = "pytorch_lora_weights.safetensors"
@@ -56,7 +58,7 @@ class LoraLoaderMixin:
         components = self._lora_components()
         parsed, unmatched = formats.parse(state, components, metadata)
         if unmatched:
-            raise ValueError(f"LoRA: {len(unmatched)} keys match no layer of this pipeline: "
+            raise ValueError(f"LoRA ({kohya.describe(state)}): {len(unmatched)} keys match no layer of this pipeline: "
                              f"{', '.join(unmatched[:8])}{' ...' if len(unmatched) > 8 else ''}")
         if not parsed:
             raise ValueError("LoRA: the file holds no LoRA weights")
@@ -68,14 +70,8 @@ class LoraLoaderMixin:
             adapter_name = f"default_{i}"
         elif adapter_name in existing:
             raise ValueError(f"adapter_name: {adapter_name!r} is already loaded; pick another name or unload it")
-        # check every layer before touching any, so a bad file leaves the pipeline as it was
-        for comp, weights in parsed.items():
-            mods = dict(components[comp].named_modules())
-            for name, w in weights.items():
-                shape = tuple(mods[name].weight.shape)
-                if tuple(w.delta().shape) != shape:
-                    raise ValueError(f"LoRA {comp}.{name}: update of shape {tuple(w.delta().shape)} does not fit "
-                                     f"the layer's weight {shape}; is this LoRA for another model?")
+        # check every layer (and build LyCORIS updates) before touching any, so a bad file changes nothing
+        parsed = {comp: fit_all(components[comp], weights, comp) for comp, weights in parsed.items()}
         for comp, weights in parsed.items():
             layers.attach(components[comp], adapter_name, weights)
         # diffusers keeps every loaded adapter active with weight 1
@@ -91,6 +87,10 @@ class LoraLoaderMixin:
                             ("text_encoder_2", text_encoder_2_lora_layers)):
             if not given:
                 continue
+            if any(isinstance(v, DeltaWeights) for v in given.values()):
+                kinds = sorted({v.kind for v in given.values() if isinstance(v, DeltaWeights)})
+                raise ValueError(f"save_lora_weights: {comp} holds {'/'.join(kinds)} layers; only low-rank LoRA "
+                                 "(down/up pairs) can be saved, in diffusers' format")
             if all(isinstance(v, formats.LoraWeights) for v in given.values()):
                 adapter[comp] = given
             else:
@@ -109,7 +109,8 @@ class LoraLoaderMixin:
         return path / name
 
     def lora_layers(self, adapter_name: str | None = None) -> dict:
-        """{component: {module: LoraWeights}} for one loaded adapter (default: the first active one)."""
+        """{component: {module: LoraWeights}} for one loaded adapter (default: the first active one); layers
+        of LyCORIS LoHa / LoKr / full networks are DeltaWeights (dW itself), which save_lora_weights refuses."""
         adapter_name = adapter_name or (self.get_active_adapters() or [None])[0]
         out = {}
         for comp, m in self._lora_components().items():

@@ -21,7 +21,7 @@ from ..models.multicontrolnet import MultiControlNetModel
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import img2img, txt2img
 from ..tasks import controlnet as control
-from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
+from ..tasks.denoise import denoise, requested_steps, retrieve_timesteps, step_kwargs
 from .stable_diffusion import StableDiffusionBase
 from .stable_diffusion_img2img import _as_rgb, check_image
 
@@ -128,7 +128,8 @@ class StableDiffusionControlNetPipeline(_ControlNetBase):
             device = self._execution_device
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                          num_images_per_prompt, device, long_prompt)
+                                          num_images_per_prompt, device, long_prompt,
+                                          requested_steps(num_inference_steps, timesteps, sigmas))
             state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             dtype = state["prompt_embeds"].dtype
             state["image"] = self._control_image(images, height, width, batch, num_images_per_prompt, device,
@@ -185,7 +186,8 @@ class StableDiffusionControlNetImg2ImgPipeline(_ControlNetBase):
             device = self._execution_device
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                          num_images_per_prompt, device, long_prompt)
+                                          num_images_per_prompt, device, long_prompt,
+                                          requested_steps(num_inference_steps))
             state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             dtype = state["prompt_embeds"].dtype
             pixels = self.image_processor.preprocess(_as_rgb(image), height=height, width=width).to(torch.float32)

@@ -10,7 +10,7 @@ import torch
 from ..loading.lora import LoraLoaderMixin
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import img2img
-from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
+from ..tasks.denoise import denoise, requested_steps, retrieve_timesteps, step_kwargs
 from .stable_diffusion import StableDiffusionBase
 
 
@@ -92,7 +92,8 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase, LoraLoaderMixin, Textu
         device = self._execution_device
         batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
         state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                      num_images_per_prompt, device, long_prompt)
+                                      num_images_per_prompt, device, long_prompt,
+                                      requested_steps(num_inference_steps, timesteps, sigmas))
         state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
         dtype = state["prompt_embeds"].dtype
         pixels = self.image_processor.preprocess(_as_rgb(image))

@@ -15,7 +15,7 @@ from ..image_processor import VaeImageProcessor
 from ..loading.lora import LoraLoaderMixin
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import inpaint, img2img
-from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
+from ..tasks.denoise import denoise, requested_steps, retrieve_timesteps, step_kwargs
 from .outputs import StableDiffusionPipelineOutput
 from .stable_diffusion import StableDiffusionBase
 from .stable_diffusion_img2img import _as_rgb, check_image
@@ -135,7 +135,8 @@ class StableDiffusionInpaintPipeline(InpaintMixin, StableDiffusionBase, LoraLoad
             device = self._execution_device
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             state = self._encode_for_call(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                          num_images_per_prompt, device, long_prompt)
+                                          num_images_per_prompt, device, long_prompt,
+                                          requested_steps(num_inference_steps, timesteps, sigmas))
             state.update(self._ip_adapter_state(ip_adapter_image, ip_adapter_image_embeds, device, batch))
             dtype = state["prompt_embeds"].dtype
             scheduler = self.scheduler

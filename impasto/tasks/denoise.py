@@ -35,6 +35,14 @@ def retrieve_timesteps(scheduler, num_inference_steps: int | None = None, device
     return scheduler.timesteps, num_inference_steps
 
 
+def requested_steps(num_inference_steps, timesteps=None, sigmas=None) -> int | None:
+    """The number of steps a call asks for (what A1111's prompt editing counts in), before strength cuts it."""
+    for custom in (timesteps, sigmas):
+        if custom is not None:
+            return len(custom)
+    return num_inference_steps if isinstance(num_inference_steps, int) and num_inference_steps > 0 else None
+
+
 def step_kwargs(scheduler, generator, eta: float) -> dict:
     """eta and generator go to `scheduler.step` only if it takes them (DDIM/DDPM-like, ancestral samplers)."""
     accepted = _params(scheduler.step)
@@ -54,7 +62,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
     """Run the sampler over `timesteps`.
 
     `state` holds the tensors a callback may read or replace: "prompt_embeds" is the batched UNet context
-    ([negative, positive] when guiding). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
+    ([negative, positive] when guiding); with "prompt_schedule" ([(last call, context), ...], A1111's prompt
+    editing) UNet call i takes the first context whose last call is at least i (the last one after them). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
     `model_input(x, state)` may extend the scaled UNet input (inpainting UNets' mask channels);
     `after_step(i, state)` may update `state` after each scheduler step, before the callback (inpainting's blend).
     `residuals(i, t, x, state)` returns further UNet kwargs computed from the step's scaled input `x` (ControlNet's
@@ -69,6 +78,9 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
         for i, t in enumerate(timesteps):
             if pipe.interrupt:
                 continue
+            if "prompt_schedule" in state:
+                schedule = state["prompt_schedule"]
+                state["prompt_embeds"] = next((c for last, c in schedule if i <= last), schedule[-1][1])
             guided = pipe.do_classifier_free_guidance
             x = scheduler.scale_model_input(cfg_batch(state["latents"], guided), t)
             if model_input is not None:

@@ -52,8 +52,8 @@ def strip_extra_networks(text: str) -> str:
         text = _EXTRA_NETWORK.sub("", text)
     editing = _EDITING.search(text)
     if editing:
-        logger.warning("prompt: %s is A1111 prompt editing or alternation, which impasto does not schedule; it is "
-                       "read as plain text with [ ] emphasis", editing.group(0))
+        logger.warning("prompt: %s is A1111 prompt editing or alternation, which the SD 1.x/2.x pipelines apply "
+                       "over the steps of a call; here it is read as plain text with [ ] emphasis", editing.group(0))
     return text
 
 
@@ -199,8 +199,14 @@ def batch_chunks(tokenizer, texts: list[str], num_chunks: int | None = None) -> 
 
 def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A1111's "Original" emphasis on (n, 77, dim) hidden states of n chunks with (n, 77) weights: each token
-    scaled by its weight, then each chunk rescaled so that its mean is unchanged."""
+    scaled by its weight, then each chunk rescaled so that its mean is unchanged. Chunks without weights are
+    returned as they are; where the weighted mean is near zero (a text encoder whose features average to zero)
+    the rescale, which would blow up, is skipped."""
     weights = weights.to(device=hidden.device, dtype=hidden.dtype)
     before = hidden.mean(dim=(1, 2), keepdim=True)
     scaled = hidden * weights.unsqueeze(-1)
-    return scaled * (before / scaled.mean(dim=(1, 2), keepdim=True))
+    after = scaled.mean(dim=(1, 2), keepdim=True)
+    unweighted = (weights == 1).all(dim=1).view(-1, 1, 1)
+    degenerate = after.abs() <= 1e-4 * hidden.abs().mean(dim=(1, 2), keepdim=True)
+    ratio = torch.where(degenerate, torch.ones_like(after), before / torch.where(degenerate, 1, after))
+    return torch.where(unweighted, hidden, scaled * ratio)

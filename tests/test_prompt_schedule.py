@@ -84,3 +84,36 @@ def test_img2img_counts_the_calls_it_runs():
     red = mine("a red square", long_prompt="a1111", generator=gen(0), **kw).images
     blue_first = mine("a [(blue square:1.8)|red] square", long_prompt="a1111", generator=gen(0), **kw).images
     assert max_diff(got, red) == 0.0 and max_diff(got, blue_first) > 1e-4
+
+
+@torch.no_grad()
+def test_sdxl_edits_prompt_and_pooled_embeds():
+    """SDXL: both the token embeddings and the pooled ones follow the schedule (diffusers' callback swaps both);
+    prompt_2 takes the syntax too."""
+    from sdxl_utils import sdxl_pair
+
+    pair = sdxl_pair()
+    pipe = pair.mine
+    args = dict(device="cpu", negative_prompt="blurry")
+
+    def state(prompt, prompt_2=None):
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, prompt_2, long_prompt="a1111", **args)
+        return pos, neg, pooled, neg_pooled
+
+    later = state("a (blue square:1.8) square", "a green circle")
+    swap_to = {"prompt_embeds": torch.cat([later[1], later[0]]), "add_text_embeds": torch.cat([later[3], later[2]])}
+
+    def swap(p, i, t, kwargs):
+        return swap_to if i + 1 == 2 else {}
+
+    first = state("a red square", "a green circle")
+    kw = dict(num_inference_steps=4, output_type="np", guidance_scale=15.0)
+    mine = pipe("a [red:(blue square:1.8):0.25] square", prompt_2="a green [circle|circle]", negative_prompt="blurry",
+                long_prompt="a1111", generator=gen(0), **kw).images
+    ref = pair.ref(prompt_embeds=first[0], negative_prompt_embeds=first[1], pooled_prompt_embeds=first[2],
+                   negative_pooled_prompt_embeds=first[3], generator=gen(0), callback_on_step_end=swap,
+                   callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"], **kw).images
+    assert max_diff(mine, ref) < 1e-5
+    plain = pipe("a red square", prompt_2="a green circle", negative_prompt="blurry", long_prompt="a1111",
+                 generator=gen(0), **kw).images
+    assert max_diff(mine, plain) > 1e-4

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..tasks import txt2img
-from ..tasks.denoise import retrieve_timesteps
+from ..tasks.denoise import requested_steps, retrieve_timesteps
 from .controlnet import ControlNetMixin
 from .stable_diffusion_img2img import _as_rgb, check_image
 from .stable_diffusion_xl import StableDiffusionXLBase, _sizes
@@ -79,7 +79,8 @@ class StableDiffusionXLControlNetPipeline(ControlNetMixin, StableDiffusionXLBase
                            negative_crops_coords_top_left, negative_target_size, (int(height), int(width)))
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device, long_prompt=long_prompt)
+                                        num_images_per_prompt, device, long_prompt=long_prompt,
+                                        steps=requested_steps(num_inference_steps, timesteps, sigmas))
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)
@@ -164,7 +165,8 @@ class StableDiffusionXLControlNetImg2ImgPipeline(ControlNetMixin, SDXLImageToIma
                            negative_target_size, (int(height), int(width)))
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device, long_prompt=long_prompt)
+                                        num_images_per_prompt, device, long_prompt=long_prompt,
+                                        steps=requested_steps(num_inference_steps))
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, None, None)

@@ -17,7 +17,7 @@ from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..tasks import txt2img
 from ..tasks.denoise import denoise, requested_steps, retrieve_timesteps, step_kwargs
 from ..tasks.vae import decode
-from ..text.prompt_schedule import has_editing, prompt_schedule
+from ..text.prompt_schedule import schedule_prompts
 from .outputs import StableDiffusionPipelineOutput
 from .pipeline_utils import DiffusionPipeline
 
@@ -104,9 +104,9 @@ class StableDiffusionBase(DiffusionPipeline, IPAdapterMixin):
         """The loop's text state. With long_prompt="a1111" and prompt editing (`[a:b:0.5]`, `[a|b]`) over `steps`,
         also "prompt_schedule": [(last UNet call, batched embeddings), ...] (impasto.text.prompt_schedule)."""
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
-        schedule = self._prompt_schedule(prompt, negative_prompt, long_prompt, steps)
+        schedule = schedule_prompts([prompt, negative_prompt], steps) if long_prompt == "a1111" else None
         entries = []
-        for end, texts, negatives in schedule or [(None, prompt, negative_prompt)]:
+        for end, (texts, negatives) in schedule or [(None, (prompt, negative_prompt))]:
             pos, neg = self.encode_prompt(texts, device, n, self.do_classifier_free_guidance, negatives,
                                           prompt_embeds, negative_prompt_embeds, lora_scale, self.clip_skip,
                                           long_prompt)
@@ -115,24 +115,6 @@ class StableDiffusionBase(DiffusionPipeline, IPAdapterMixin):
         if schedule:
             state["prompt_schedule"] = [(end, batched) for end, batched, _ in entries]
         return state
-
-    @staticmethod
-    def _prompt_schedule(prompt, negative_prompt, long_prompt, steps):
-        """[(last step, prompts, negative prompts), ...] when an A1111 prompt edits itself over the steps, else None."""
-        texts = [prompt] if isinstance(prompt, str) else prompt
-        negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-        if long_prompt != "a1111" or steps is None or not texts or \
-                not any(has_editing(t) for t in list(texts) + list(negatives or [])):
-            return None
-        per_text = [prompt_schedule(t, steps) for t in texts]
-        per_negative = [prompt_schedule(t, steps) for t in negatives] if negatives else None
-        ends = sorted({end for sched in per_text + (per_negative or []) for end, _ in sched})
-
-        def at(sched, end):
-            return next(text for last, text in sched if end <= last)
-
-        return [(end, [at(s, end) for s in per_text], [at(s, end) for s in per_negative] if per_negative else None)
-                for end in ends]
 
     def _added_cond(self, state: dict) -> dict:
         """The UNet's added_cond_kwargs for one step: the IP-Adapter image embeddings, when given."""

@@ -12,8 +12,9 @@ from ..loading.lora import LoraLoaderMixin
 from ..loading.textual_inversion import TextualInversionLoaderMixin
 from ..image_processor import VaeImageProcessor
 from ..tasks import txt2img
-from ..tasks.denoise import denoise, retrieve_timesteps, step_kwargs
+from ..tasks.denoise import denoise, requested_steps, retrieve_timesteps, step_kwargs
 from ..tasks.vae import decode
+from ..text.prompt_schedule import schedule_prompts
 from .outputs import StableDiffusionXLPipelineOutput
 from .pipeline_utils import DiffusionPipeline
 from .stable_diffusion import StableDiffusionBase, _fix_scheduler_config
@@ -87,6 +88,12 @@ def start_from(scheduler, denoising_start):
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return scheduler.timesteps[start:], n
+
+
+class Encoded(tuple):
+    """encode_prompt's (prompt_embeds, negative_prompt_embeds, pooled, negative_pooled), with an optional
+    `.schedule` for A1111 prompt editing."""
+    schedule = None
 
 
 class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversionLoaderMixin):
@@ -167,16 +174,22 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
                             bool(self.config.get("requires_aesthetics_score", False)))
         return torch.tensor([pos], dtype=dtype), torch.tensor([neg], dtype=dtype)
 
-    def _state(self, encoded, add_time_ids, neg_time_ids, batch: int, device) -> dict:
-        """The tensors the loop (and a callback) sees: batched [negative, positive] when guiding."""
+    def _text_state(self, encoded, device) -> dict:
         pos, neg, pooled, neg_pooled = encoded
-        add_time_ids = add_time_ids.repeat(batch, 1)
         if self.do_classifier_free_guidance:
             pos = torch.cat([neg, pos])
             pooled = torch.cat([neg_pooled, pooled])
+        return {"prompt_embeds": pos.to(device), "add_text_embeds": pooled.to(device)}
+
+    def _state(self, encoded, add_time_ids, neg_time_ids, batch: int, device) -> dict:
+        """The tensors the loop (and a callback) sees: batched [negative, positive] when guiding."""
+        add_time_ids = add_time_ids.repeat(batch, 1)
+        if self.do_classifier_free_guidance:
             add_time_ids = torch.cat([neg_time_ids.repeat(batch, 1), add_time_ids])
-        return {"prompt_embeds": pos.to(device), "add_text_embeds": pooled.to(device),
-                "add_time_ids": add_time_ids.to(device)}
+        state = {**self._text_state(encoded, device), "add_time_ids": add_time_ids.to(device)}
+        if getattr(encoded, "schedule", None):
+            state["prompt_schedule"] = [(end, self._text_state(e, device)) for end, e in encoded.schedule]
+        return state
 
     def _size_state(self, encoded, sizes, negative_sizes_given: bool, batch: int, device) -> dict:
         """`_state` with the time ids of `_sizes`' six tuples."""
@@ -206,12 +219,21 @@ class StableDiffusionXLBase(StableDiffusionBase, LoraLoaderMixin, TextualInversi
 
     def _encode_call(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
                      pooled_prompt_embeds, negative_pooled_prompt_embeds, num_images_per_prompt, device,
-                     long_prompt: str = "truncate"):
+                     long_prompt: str = "truncate", steps: int | None = None):
+        """encode_prompt's four tensors; with long_prompt="a1111" and prompt editing over `steps`, `.schedule` holds
+        [(last UNet call, four tensors), ...] (read by `_state`)."""
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
-        return self.encode_prompt(prompt, prompt_2, device, num_images_per_prompt, self.do_classifier_free_guidance,
-                                  negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
-                                  pooled_prompt_embeds, negative_pooled_prompt_embeds, lora_scale, self.clip_skip,
-                                  long_prompt)
+        groups = [prompt, prompt_2, negative_prompt, negative_prompt_2]
+        schedule = schedule_prompts(groups, steps) if long_prompt == "a1111" else None
+        entries = []
+        for end, (p, p_2, n, n_2) in schedule or [(None, groups)]:
+            entries.append((end, self.encode_prompt(
+                p, p_2, device, num_images_per_prompt, self.do_classifier_free_guidance, n, n_2, prompt_embeds,
+                negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, lora_scale,
+                self.clip_skip, long_prompt)))
+        encoded = Encoded(entries[0][1])
+        encoded.schedule = entries if schedule else None
+        return encoded
 
     def _run_loop(self, scheduler, latents, ladder, state, n_steps, generator, eta, batch, device, callback,
                   tensor_inputs, **hooks):
@@ -286,7 +308,8 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device, long_prompt=long_prompt)
+                                        num_images_per_prompt, device, long_prompt=long_prompt,
+                                        steps=requested_steps(num_inference_steps, timesteps, sigmas))
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = retrieve_timesteps(scheduler, num_inference_steps, device, timesteps, sigmas)

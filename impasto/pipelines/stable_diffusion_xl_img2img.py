@@ -17,7 +17,7 @@ import torch
 from ..conditioning import sdxl as cond
 from ..core.noise import randn_tensor
 from ..tasks import img2img
-from ..tasks.denoise import retrieve_timesteps
+from ..tasks.denoise import requested_steps, retrieve_timesteps
 from ..tasks.vae import encode
 from .stable_diffusion_img2img import _as_rgb, check_image
 from .stable_diffusion_xl import StableDiffusionXLBase, _sizes, latent_stats, start_from
@@ -167,7 +167,8 @@ class StableDiffusionXLImg2ImgPipeline(SDXLImageToImageMixin, StableDiffusionXLB
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device, long_prompt=long_prompt)
+                                        num_images_per_prompt, device, long_prompt=long_prompt,
+                                        steps=requested_steps(num_inference_steps, timesteps, sigmas))
             dtype = encoded[0].dtype
             pixels = self.image_processor.preprocess(_as_rgb(image))
             scheduler = self.scheduler

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from ..conditioning import sdxl as cond
+from ..tasks.denoise import requested_steps
 from .stable_diffusion_inpaint import InpaintMixin
 from .stable_diffusion_xl import StableDiffusionXLBase, _sizes, cut_at_end
 from .stable_diffusion_xl_img2img import SDXLImageToImageMixin, check_score
@@ -73,7 +74,8 @@ class StableDiffusionXLInpaintPipeline(InpaintMixin, SDXLImageToImageMixin, Stab
             batch = self._batch_size(prompt, prompt_embeds) * num_images_per_prompt
             encoded = self._encode_call(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                                         negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
-                                        num_images_per_prompt, device, long_prompt=long_prompt)
+                                        num_images_per_prompt, device, long_prompt=long_prompt,
+                                        steps=requested_steps(num_inference_steps, timesteps, sigmas))
             dtype = encoded[0].dtype
             scheduler = self.scheduler
             ladder, n_steps = self._timesteps(scheduler, num_inference_steps, strength, device, timesteps, sigmas)

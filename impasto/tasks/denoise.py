@@ -63,7 +63,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
 
     `state` holds the tensors a callback may read or replace: "prompt_embeds" is the batched UNet context
     ([negative, positive] when guiding); with "prompt_schedule" ([(last call, context), ...], A1111's prompt
-    editing) UNet call i takes the first context whose last call is at least i (the last one after them). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
+    editing) UNet call i takes the first context whose last call is at least i (the last one after them): a
+    tensor for "prompt_embeds", or a dict of state entries (SDXL's pooled "add_text_embeds" too). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
     `model_input(x, state)` may extend the scaled UNet input (inpainting UNets' mask channels);
     `after_step(i, state)` may update `state` after each scheduler step, before the callback (inpainting's blend).
     `residuals(i, t, x, state)` returns further UNet kwargs computed from the step's scaled input `x` (ControlNet's
@@ -80,7 +81,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
                 continue
             if "prompt_schedule" in state:
                 schedule = state["prompt_schedule"]
-                state["prompt_embeds"] = next((c for last, c in schedule if i <= last), schedule[-1][1])
+                context = next((c for last, c in schedule if i <= last), schedule[-1][1])
+                state.update(context if isinstance(context, dict) else {"prompt_embeds": context})
             guided = pipe.do_classifier_free_guidance
             x = scheduler.scale_model_input(cfg_batch(state["latents"], guided), t)
             if model_input is not None:

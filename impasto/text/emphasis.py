@@ -52,8 +52,8 @@ def strip_extra_networks(text: str) -> str:
         text = _EXTRA_NETWORK.sub("", text)
     editing = _EDITING.search(text)
     if editing:
-        logger.warning("prompt: %s is A1111 prompt editing or alternation, which the SD 1.x/2.x pipelines apply "
-                       "over the steps of a call; here it is read as plain text with [ ] emphasis", editing.group(0))
+        logger.warning("prompt: %s is A1111 prompt editing or alternation, which a pipeline call applies over its "
+                       "steps; encode_prompt alone reads it as plain text with [ ] emphasis", editing.group(0))
     return text
 
 

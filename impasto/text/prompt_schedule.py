@@ -148,3 +148,25 @@ def _walk(nodes):
                     _Alternate: lambda n: n.options}.get(type(node), lambda n: [])(node)
         for child in children:
             yield from _walk(child)
+
+
+def schedule_prompts(groups: list, steps: int | None):
+    """[(last step, groups rendered for it), ...] for prompt arguments (each a string, a list of strings or None)
+    when any of them edits itself over `steps`; None when none does (or steps is unknown)."""
+    as_lists = [[g] if isinstance(g, str) else g for g in groups]
+    texts = [t for g in as_lists if g for t in g if isinstance(t, str)]
+    if steps is None or not any(has_editing(t) for t in texts):
+        return None
+    schedules = {t: prompt_schedule(t, steps) for t in texts}
+    ends = sorted({end for sched in schedules.values() for end, _ in sched})
+
+    def at(text, end):
+        return next(rendered for last, rendered in schedules[text] if end <= last)
+
+    def render(group, original, end):
+        if group is None:
+            return None
+        rendered = [at(t, end) for t in group]
+        return rendered[0] if isinstance(original, str) else rendered
+
+    return [(end, [render(g, orig, end) for g, orig in zip(as_lists, groups)]) for end in ends]

@@ -189,6 +189,37 @@ def test_params_from_round_trip(folder, tmp_path, capsys):
     assert "prompt: give the text to draw" in capsys.readouterr().err
 
 
+def test_variation_seed(folder, tmp_path, capsys):
+    """A1111's variation seed: strength 0 is the seed's image, 1 the variation seed's, between them a blend that
+    keeps the noise's scale (spherical); the PNG records it and --params-from makes it again."""
+    from impasto.core.noise import slerp
+
+    a, b = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.randn(4, 8, 8)
+    assert torch.equal(slerp(0.0, a, b), a) and torch.allclose(slerp(1.0, a, b), b, atol=1e-5)
+    assert abs(float(slerp(0.5, a, b).std()) - 1) < 0.1 and float((0.5 * a + 0.5 * b).std()) < 0.8
+
+    def run(name, *extra):
+        assert _main(["generate", "a red square", "-o", tmp_path / name, "--model", folder, "--steps", 3, *extra]) == 0
+        return PIL.Image.open(tmp_path / name)
+
+    def diff(x, y):
+        return np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()
+
+    plain, other = run("s3.png", "--seed", 3), run("s9.png", "--seed", 9)
+    assert diff(run("v0.png", "--seed", 3, "--variation-seed", 9, "--variation-strength", 0), plain) == 0
+    assert diff(run("v1.png", "--seed", 3, "--variation-seed", 9, "--variation-strength", 1), other) <= 1
+    half = run("v4.png", "--seed", 3, "--variation-seed", 9, "--variation-strength", 0.4)
+    assert diff(half, plain) > 5 and diff(half, other) > 5
+    assert "Seed: 3, Size: 32x32, Model: " in half.text["parameters"]
+    assert "Variation seed: 9, Variation seed strength: 0.4" in half.text["parameters"]
+    again = PIL.Image.open(tmp_path / "again.png") if _main(["generate", "-o", tmp_path / "again.png", "--model",
+                                                             folder, "--params-from", tmp_path / "v4.png"]) == 0 else None
+    assert again is not None and diff(again, half) == 0
+    capsys.readouterr()
+    assert _main(["generate", "x", "-o", tmp_path / "e.png", "--model", folder, "--variation-seed", 2]) == 1
+    assert "--variation-seed: give --variation-strength too" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,word", [
     (["--width", 30], "--width"),
     (["--steps", 0], "--steps"),

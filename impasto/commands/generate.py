@@ -33,6 +33,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 30)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    p.add_argument("--variation-seed", type=int, default=None, metavar="S",
+                   help="A1111's variation seed: blend the seed's noise towards this seed's (image i: S+i)")
+    p.add_argument("--variation-strength", type=float, default=None, metavar="F",
+                   help="how far towards the variation seed's noise, 0..1 (spherical blend; default 0, off; with no "
+                        "--variation-seed a random one is chosen and printed)")
     p.add_argument("--scheduler", default=None, metavar="NAME",
                    help="sampler: an impasto class name (EulerDiscreteScheduler) or an A1111 name "
                         "('DPM++ 2M Karras', 'Euler a'); default: the model's own")
@@ -114,6 +119,13 @@ def _check(args) -> None:
         raise ValueError(f"--{name.replace('_', '-')}: only used with --hires-scale")
     if args.hires_scale is not None and (args.init_image is not None or args.refiner is not None):
         raise ValueError("--hires-scale: text-to-image only (not with --init-image or --refiner)")
+    if args.variation_seed is not None and args.variation_strength is None:
+        raise ValueError("--variation-seed: give --variation-strength too (how far to blend, 0..1)")
+    if args.variation_strength is not None:
+        if not 0.0 <= args.variation_strength <= 1.0:
+            raise ValueError(f"--variation-strength: expected a number in [0, 1], got {args.variation_strength}")
+        if args.init_image is not None or args.refiner is not None:
+            raise ValueError("--variation-strength: text-to-image only (not with --init-image or --refiner)")
     if args.init_image is not None and (args.width or args.height):
         raise ValueError("--width/--height: with --init-image the size is the image's (resize the image instead)")
 
@@ -240,6 +252,23 @@ def refine(args, pipe, kwargs: dict, device, seed: int):
                    generator=generators, output_type="pil", **extra)
 
 
+def variation_latents(pipe, args, seed: int, variation_seed: int):
+    """Each image's starting noise, A1111's way: the seed's noise slerped towards the variation seed's."""
+    import torch
+
+    from impasto.core.noise import slerp
+    from impasto.pipelines.hires_fix import first_pass_size
+
+    height, width = first_pass_size(pipe, args.height, args.width)
+    shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    out = []
+    for i in range(args.num_images):
+        noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed + i))
+        other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(variation_seed + i))
+        out.append(slerp(args.variation_strength, noise, other))
+    return torch.stack(out).to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+
+
 def hires(args, pipe, kwargs: dict, seed: int):
     """--hires-scale: impasto.hires_fix; the second pass draws fresh noise from the same seeds, as A1111 does."""
     import torch
@@ -286,6 +315,9 @@ def run(args) -> int:
     if args.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(args.num_images)]
+    if args.variation_strength is not None and args.variation_seed is None:
+        args.variation_seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        print(f"variation seed: {args.variation_seed}", file=sys.stderr)
     kwargs = dict(prompt=args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, num_images_per_prompt=args.num_images, generator=generators,
                   clip_skip=args.clip_skip, long_prompt=args.long_prompt, output_type="pil")
@@ -297,6 +329,8 @@ def run(args) -> int:
         kwargs.update(image=init, strength=args.strength if args.strength is not None else 0.8)
     else:
         kwargs.update(height=args.height, width=args.width)
+    if args.variation_strength:  # 0 is the plain seed's noise, as in A1111
+        kwargs["latents"] = variation_latents(pipe, args, seed, args.variation_seed)
     accepted = inspect.signature(pipe.__call__).parameters
     for key in [k for k in kwargs if k not in accepted]:
         if kwargs[key] is not None and not (key == "long_prompt" and kwargs[key] == "truncate"):
@@ -318,7 +352,7 @@ def run(args) -> int:
     for i, (image, path) in enumerate(zip(images, paths)):
         path.parent.mkdir(parents=True, exist_ok=True)
         info = PngInfo()
-        info.add_text("parameters", a1111_parameters(args, seed + i, size or image.size, sampler, model))
+        info.add_text("parameters", a1111_parameters(args, seed + i, size or image.size, sampler, model, i))
         if path.suffix.lower() == ".png":
             image.save(path, pnginfo=info)
         else:

@@ -80,10 +80,13 @@ def read_png_parameters(path) -> str:
     return text
 
 
-def a1111_parameters(args, seed: int, size, sampler: str, model: str) -> str:
+def a1111_parameters(args, seed: int, size, sampler: str, model: str, index: int = 0) -> str:
     """The text A1111 writes into a PNG's `parameters` chunk (read back by most SD tools and --params-from)."""
     fields = [("Steps", args.steps), ("Sampler", sampler), ("CFG scale", args.guidance), ("Seed", seed),
               ("Size", f"{size[0]}x{size[1]}"), ("Model", model)]
+    if args.variation_strength:
+        fields += [("Variation seed", args.variation_seed + index),
+                   ("Variation seed strength", args.variation_strength)]
     if args.init_image is not None:
         fields.append(("Denoising strength", args.strength if args.strength is not None else 0.8))
     if args.clip_skip is not None:
@@ -108,7 +111,8 @@ def apply_parameters(args) -> None:
     """`impasto generate --params-from PNG`: fill what the command line left unset from the PNG's parameters."""
     prompt, negative, fields = parse_parameters(read_png_parameters(args.params_from))
     used = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2", "Clip skip", "Long prompt",
-            "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler"}
+            "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler", "Variation seed",
+            "Variation seed strength"}
 
     def number(key, kind):
         try:
@@ -119,7 +123,9 @@ def apply_parameters(args) -> None:
     args.prompt = prompt if args.prompt is None else args.prompt
     args.negative = (negative or None) if args.negative is None else args.negative
     for name, key, kind in (("steps", "Steps", int), ("guidance", "CFG scale", float), ("seed", "Seed", int),
-                            ("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int)):
+                            ("hires_scale", "Hires upscale", float), ("hires_steps", "Hires steps", int),
+                            ("variation_seed", "Variation seed", int),
+                            ("variation_strength", "Variation seed strength", float)):
         if getattr(args, name) is None:
             setattr(args, name, number(key, kind))
     if args.init_image is None and args.width is None and args.height is None:

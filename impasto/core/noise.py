@@ -36,3 +36,17 @@ def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None) ->
         parts = [torch.randn(one, generator=g, device=draw_on, dtype=dtype, layout=layout) for g in generator]
         return torch.cat(parts, dim=0).to(device)
     return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype, layout=layout).to(device)
+
+
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """AUTOMATIC1111's variation-seed blend of two noise tensors of one image, (C, H, W): spherical interpolation
+    from `low` (val 0) to `high` (val 1), with A1111's normalisation over dim 1 and its linear fallback when the
+    two are nearly parallel (kept as A1111 has it, weights swapped)."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high

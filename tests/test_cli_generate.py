@@ -187,6 +187,14 @@ def test_params_from_round_trip(folder, tmp_path, capsys):
     assert "holds no A1111 'parameters' text" in capsys.readouterr().err
     assert _main(["generate", "-o", tmp_path / "d.png", "--model", folder]) == 1
     assert "prompt: give the text to draw" in capsys.readouterr().err
+    # impasto info IMG.png: A1111's "PNG Info"
+    assert _main(["info", tmp_path / "a1111.png"]) == 0
+    shown = capsys.readouterr().out
+    assert "prompt: masterpiece, (a red square:1.2)\nat dusk" in shown and "  Clip skip: 2" in shown
+    assert _main(["info", tmp_path / "a1111.png", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"]["Lora hashes"] == "x: 1234, y: 5678"
+    assert _main(["info", tmp_path / "plain.png"]) == 1
+    assert "path: " in capsys.readouterr().err
 
 
 def test_variation_seed(folder, tmp_path, capsys):

@@ -1,8 +1,9 @@
-"""`impasto info PATH`: what a model folder, hub snapshot or checkpoint file contains.
+"""`impasto info PATH`: what a model folder, hub snapshot or checkpoint file contains, or how an image was made.
 
 For a diffusers folder: the pipeline class and, per component, its class, parameter count, weight dtypes,
 file sizes and (for schedulers) the main settings. For a single .safetensors/.ckpt file: tensor count,
-parameters, dtypes, size and the model family detected from its keys.
+parameters, dtypes, size and the model family detected from its keys. For a PNG: the prompt and settings of
+its A1111 `parameters` text (A1111's "PNG Info"; impasto writes it too).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ SCHEDULER_KEYS = ("prediction_type", "timestep_spacing", "beta_schedule", "use_k
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("info", help="show what a model folder or checkpoint file contains",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("path", help="diffusers model folder, hub id (cached), or a .safetensors/.ckpt file")
+    p.add_argument("path", help="diffusers model folder, hub id (cached), a .safetensors/.ckpt file, or a PNG "
+                                "image (its A1111 generation parameters)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
     return p
@@ -85,6 +87,8 @@ def describe(path: str) -> dict:
     from impasto.pipelines.pipeline_utils import resolve_model_path
 
     local = Path(os.path.expanduser(path))
+    if local.is_file() and local.suffix.lower() == ".png":
+        return describe_png(local)
     if local.is_file():
         return describe_file(local)
     index_file = resolve_file(resolve_model_path(path), "model_index.json")
@@ -94,6 +98,13 @@ def describe(path: str) -> dict:
                   if not k.startswith("_") and isinstance(v, list) and len(v) == 2}
     options = {k: v for k, v in index.items() if not k.startswith("_") and k not in components}
     return {"path": str(root), "pipeline": index.get("_class_name"), "components": components, "options": options}
+
+
+def describe_png(file: Path) -> dict:
+    from .infotext import parse_parameters, read_png_parameters
+
+    prompt, negative, fields = parse_parameters(read_png_parameters(file, "path"))
+    return {"path": str(file), "prompt": prompt, "negative_prompt": negative, "parameters": fields}
 
 
 def describe_file(file: Path) -> dict:
@@ -126,6 +137,12 @@ def _count(n: int) -> str:
 
 
 def format_text(info: dict) -> str:
+    if "prompt" in info:
+        lines = [f"{info['path']}:", f"  prompt: {info['prompt']}"]
+        if info["negative_prompt"]:
+            lines.append(f"  negative prompt: {info['negative_prompt']}")
+        lines += [f"  {k}: {v}" for k, v in info["parameters"].items()]
+        return "\n".join(lines)
     if "components" not in info:
         dtypes = ", ".join(f"{k} x{v}" for k, v in info["dtypes"].items())
         return (f"{info['path']}: single checkpoint file, {info['tensors']} tensors, {_count(info['parameters'])} "

@@ -66,17 +66,17 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt), "\n".join(negative), fields
 
 
-def read_png_parameters(path) -> str:
-    """The `parameters` chunk of an A1111 / impasto PNG (ValueError naming the file if it has none)."""
+def read_png_parameters(path, flag: str = "--params-from") -> str:
+    """The `parameters` chunk of an A1111 / impasto PNG (ValueError naming `flag` and the file if it has none)."""
     import PIL.Image
 
     try:
         with PIL.Image.open(path) as image:
             text = image.info.get("parameters")
     except OSError as e:
-        raise ValueError(f"--params-from: cannot read {path}: {e}") from None
+        raise ValueError(f"{flag}: cannot read {path}: {e}") from None
     if not text:
-        raise ValueError(f"--params-from: {path} holds no A1111 'parameters' text")
+        raise ValueError(f"{flag}: {path} holds no A1111 'parameters' text")
     return text
 
 

@@ -106,4 +106,11 @@ def test_save_then_load_round_trip(text_encoder, tmp_path):
     pipe.load_lora_weights(tmp_path)
     assert file.name == "pytorch_lora_weights.safetensors"
     torch.testing.assert_close(text_encoder(ids)[0], want, atol=1e-6, rtol=0)
+    # lora_state_dict reads a file without loading it; load_lora_weights takes the dict back
+    pipe.unload_lora_weights()
+    read, alphas = Holder.lora_state_dict(tmp_path)
+    assert all(k.startswith("text_encoder.") for k in read) and set(alphas.values()) == {8.0}  # from the metadata
+    assert Holder.lora_state_dict(state)[1] == {k: 8.0 for k in state if k.endswith(".alpha")}
+    pipe.load_lora_weights(read, adapter_name="b")
+    torch.testing.assert_close(text_encoder(ids)[0], want, atol=1e-6, rtol=0)
     pipe.unload_lora_weights()

@@ -100,6 +100,24 @@ def _parse_diffusers(state, components, metadata):
     return out, unmatched
 
 
+def alpha_entries(state: dict, metadata: dict) -> dict:
+    """`<component>.<module>.alpha` tensors for the diffusers/PEFT pairs of `state` whose alpha only the file's
+    metadata holds, so the state dict alone loads with the same scale."""
+    alphas = _metadata_alphas(metadata or {})
+    out = {}
+    for key in state:
+        for pattern, _, _ in _DIFFUSERS_PATTERNS:
+            m = pattern.match(key)
+            if not m:
+                continue
+            comp, _, raw = m.group("m").partition(".")
+            alpha = alphas.get(comp, {}).get(_module_name(raw))
+            if alpha is not None and f"{comp}.{raw}.alpha" not in state:
+                out[f"{comp}.{raw}.alpha"] = torch.tensor(alpha)
+            break
+    return out
+
+
 def _metadata_alphas(metadata: dict) -> dict[str, dict[str, float]]:
     """PEFT adapter configs (`lora_alpha`, `r`, `alpha_pattern`) from diffusers' safetensors metadata."""
     raw = metadata.get("lora_adapter_metadata")

@@ -47,6 +47,24 @@ class LoraLoaderMixin:
     def _lora_components(self) -> dict:
         return {n: getattr(self, n, None) for n in LORA_COMPONENTS if getattr(self, n, None) is not None}
 
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
+                        return_lora_metadata: bool = False, **kwargs):
+        """(state_dict, network_alphas[, metadata]) of a LoRA file, as diffusers' `lora_state_dict` returns them,
+        except that keys stay as the file has them (kohya files are not renamed) and alphas that only the file's
+        metadata holds are added as `<module>.alpha` entries, so `load_lora_weights(state_dict)` loads the same
+        update. network_alphas maps each `.alpha` key to its value (None when there is none)."""
+        hub = {k: kwargs.pop(k) for k in ("local_files_only", "cache_dir", "revision", "token") if k in kwargs}
+        subfolder = kwargs.pop("subfolder", None)
+        kwargs.pop("low_cpu_mem_usage", None)
+        kwargs.pop("unet_config", None)
+        if kwargs:
+            raise ValueError(f"lora_state_dict: unexpected arguments {sorted(kwargs)}")
+        state, metadata = read_lora_file(pretrained_model_name_or_path_or_dict, weight_name, subfolder, **hub)
+        state.update(formats.alpha_entries(state, metadata))
+        alphas = {k: float(v) for k, v in state.items() if k.endswith(".alpha")} or None
+        return (state, alphas, metadata or None) if return_lora_metadata else (state, alphas)
+
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
                           weight_name: str | None = None, **kwargs):
         hub = {k: kwargs.pop(k) for k in ("local_files_only", "cache_dir", "revision", "token") if k in kwargs}

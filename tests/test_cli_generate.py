@@ -101,6 +101,16 @@ def test_generate_with_lora_and_embedding(folder, tmp_path, capsys):
     again = pipe(prompt, num_inference_steps=3, generator=[torch.Generator().manual_seed(5)]).images[0]
     assert np.abs(np.asarray(again, np.int16) - both).max() <= 1
     assert np.abs(np.asarray(PIL.Image.open(tmp_path / "plain.png"), np.int16) - both).max() > 10
+    # A1111's folders: <lora:style:0.7> in the prompt and the embedding named by its file
+    folder_args = ["generate", prompt + " <lora:style:0.7>", "--model", folder, "--steps", 3, "--seed", 5,
+                   "--lora-dir", tmp_path, "--embeddings-dir", tmp_path, "-o", tmp_path / "dirs.png"]
+    assert _main(folder_args) == 0
+    dirs = PIL.Image.open(tmp_path / "dirs.png")
+    assert np.abs(np.asarray(dirs, np.int16) - both).max() <= 1
+    assert dirs.text["parameters"].startswith(prompt + " <lora:style:0.7>")  # A1111 keeps the tag in the record
+    capsys.readouterr()
+    assert _main(folder_args[:1] + ["a <lora:nothing:1>"] + folder_args[2:]) == 1
+    assert "--lora-dir: no LoRA named 'nothing'" in capsys.readouterr().err
     assert _main(args + ["-o", tmp_path / "x.png", "--lora", "/nonexistent.safetensors:0.5"]) == 1
     assert "--lora: no such file" in capsys.readouterr().err
     assert _main(args + ["-o", tmp_path / "x.png", "--lora", f"{tmp_path / 'style.safetensors'}:strong"]) == 1

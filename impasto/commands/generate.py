@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .infotext import a1111_parameters, apply_parameters
+from .networks import add_networks
 
 DEFAULT_MODEL = "impasto/shapes"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,6 +79,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                    help="load a textual-inversion embedding; write TOKEN (default: the file's name without its "
                         "extension, as in A1111) in the prompt; repeatable")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="resolve A1111's <lora:NAME:W> tags in the prompts to DIR/**/NAME.safetensors (or .pt, .ckpt, "
+                        ".bin), applied with weight W and removed from the text")
+    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                   help="load each embedding in DIR whose file name appears as a word in the prompts (A1111's "
+                        "embeddings folder)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights' dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
@@ -180,40 +187,6 @@ def load_pipeline(args, img2img: bool, inpaint: bool = False):
     return pipe.to(device), device
 
 
-def split_option(value: str, flag: str, number: bool) -> tuple[str, str | None]:
-    """'FILE:X' -> (FILE, X) when FILE exists and X is given (a number for --lora); else (value, None)."""
-    head, sep, tail = value.rpartition(":")
-    if sep and tail and Path(os.path.expanduser(head)).is_file():
-        if number:
-            try:
-                float(tail)
-            except ValueError:
-                raise ValueError(f"{flag}: expected FILE or FILE:WEIGHT with a number, got {value!r}") from None
-        return head, tail
-    if not Path(os.path.expanduser(value)).is_file():
-        raise ValueError(f"{flag}: no such file: {value}")
-    return value, None
-
-
-def add_networks(pipe, args) -> None:
-    """--embedding and --lora files, loaded into the pipeline (LoRAs weighted with set_adapters)."""
-    for value in args.embedding:
-        if not hasattr(pipe, "load_textual_inversion"):
-            raise ValueError(f"--embedding: {type(pipe).__name__} does not take textual inversion")
-        path, token = split_option(value, "--embedding", number=False)
-        pipe.load_textual_inversion(path, token=token or Path(path).stem)
-    names, weights = [], []
-    for i, value in enumerate(args.lora):
-        if not hasattr(pipe, "load_lora_weights"):
-            raise ValueError(f"--lora: {type(pipe).__name__} does not take LoRA")
-        path, weight = split_option(value, "--lora", number=True)
-        names.append(f"lora_{i}")
-        weights.append(float(weight) if weight is not None else 1.0)
-        pipe.load_lora_weights(path, adapter_name=names[-1])
-    if names:
-        pipe.set_adapters(names, weights)
-
-
 def read_image(path: str, flag: str = "--init-image"):
     import PIL.Image
 
@@ -248,7 +221,7 @@ def refine(args, pipe, kwargs: dict, device, seed: int):
     if kwargs.get("negative_prompt") is not None:
         extra["negative_prompt"] = [kwargs["negative_prompt"]] * n
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
-    return refiner(prompt=[args.prompt] * n, image=latents, num_inference_steps=args.steps, denoising_start=frac,
+    return refiner(prompt=[kwargs["prompt"]] * n, image=latents, num_inference_steps=args.steps, denoising_start=frac,
                    generator=generators, output_type="pil", **extra)
 
 
@@ -310,7 +283,7 @@ def run(args) -> int:
     init = read_image(args.init_image) if img2img else None
     mask = read_image(args.mask, "--mask").convert("L") if args.mask is not None else None
     pipe, device = load_pipeline(args, img2img, mask is not None)
-    add_networks(pipe, args)
+    prompt, negative = add_networks(pipe, args)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     if args.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
@@ -318,7 +291,7 @@ def run(args) -> int:
     if args.variation_strength is not None and args.variation_seed is None:
         args.variation_seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         print(f"variation seed: {args.variation_seed}", file=sys.stderr)
-    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
+    kwargs = dict(prompt=prompt, negative_prompt=negative, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, num_images_per_prompt=args.num_images, generator=generators,
                   clip_skip=args.clip_skip, long_prompt=args.long_prompt, output_type="pil")
     if mask is not None:

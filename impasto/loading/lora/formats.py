@@ -71,31 +71,36 @@ def _module_name(raw: str) -> str:
     return raw
 
 
+def _diffusers_keys(state: dict):
+    """(down key, component prefix, module path after it, whole module path, up key) for each diffusers/PEFT
+    down-projection key of `state`."""
+    for key in state:
+        for pattern, down_suffix, up_suffix in _DIFFUSERS_PATTERNS:
+            m = pattern.match(key)
+            if m:
+                comp, _, raw = m.group("m").partition(".")
+                yield key, comp, raw, m.group("m"), down_suffix.sub(up_suffix, key)
+                break
+
+
 def _parse_diffusers(state, components, metadata):
     out: dict[str, dict[str, LoraWeights]] = {}
     unmatched, used = [], set()
     alphas = _metadata_alphas(metadata)
-    for key in state:
-        for pattern, down_suffix, up_suffix in _DIFFUSERS_PATTERNS:
-            m = pattern.match(key)
-            if not m:
-                continue
-            comp, _, raw = m.group("m").partition(".")
-            if comp not in components:  # files saved from a bare UNet have no component prefix
-                comp, raw = "unet", m.group("m")
-            up_key = down_suffix.sub(up_suffix, key)
-            module = _module_name(raw)
-            targets = lora_targets(components[comp]) if components.get(comp) is not None else {}
-            if module not in targets and "text_model." + module in targets:  # transformers 5 drops text_model.
-                module = "text_model." + module
-            if module not in targets or up_key not in state:
-                unmatched.append(key)
-                break
-            alpha = state.get(f"{comp}.{raw}.alpha")
-            alpha = float(alpha) if alpha is not None else alphas.get(comp, {}).get(module)
-            out.setdefault(comp, {})[module] = LoraWeights(state[key], state[up_key], alpha)
-            used.update({key, up_key, f"{comp}.{raw}.alpha"})
-            break
+    for key, comp, raw, whole, up_key in _diffusers_keys(state):
+        if comp not in components:  # files saved from a bare UNet have no component prefix
+            comp, raw = "unet", whole
+        module = _module_name(raw)
+        targets = lora_targets(components[comp]) if components.get(comp) is not None else {}
+        if module not in targets and "text_model." + module in targets:  # transformers 5 drops text_model.
+            module = "text_model." + module
+        if module not in targets or up_key not in state:
+            unmatched.append(key)
+            continue
+        alpha = state.get(f"{comp}.{raw}.alpha")
+        alpha = float(alpha) if alpha is not None else alphas.get(comp, {}).get(module)
+        out.setdefault(comp, {})[module] = LoraWeights(state[key], state[up_key], alpha)
+        used.update({key, up_key, f"{comp}.{raw}.alpha"})
     unmatched += [k for k in state if k not in used and k not in unmatched]
     return out, unmatched
 
@@ -105,16 +110,10 @@ def alpha_entries(state: dict, metadata: dict) -> dict:
     metadata holds, so the state dict alone loads with the same scale."""
     alphas = _metadata_alphas(metadata or {})
     out = {}
-    for key in state:
-        for pattern, _, _ in _DIFFUSERS_PATTERNS:
-            m = pattern.match(key)
-            if not m:
-                continue
-            comp, _, raw = m.group("m").partition(".")
-            alpha = alphas.get(comp, {}).get(_module_name(raw))
-            if alpha is not None and f"{comp}.{raw}.alpha" not in state:
-                out[f"{comp}.{raw}.alpha"] = torch.tensor(alpha)
-            break
+    for _, comp, raw, _, _ in _diffusers_keys(state):
+        alpha = alphas.get(comp, {}).get(_module_name(raw))
+        if alpha is not None and f"{comp}.{raw}.alpha" not in state:
+            out[f"{comp}.{raw}.alpha"] = torch.tensor(alpha)
     return out
 
 

@@ -69,6 +69,11 @@ def tokenize_truncated(tokenizer, texts: list[str], max_length: int | None = Non
     return tokens
 
 
+def chunk_counter(mode: str):
+    """How a long-prompt mode counts the 75-token windows of prompts: count(tokenizer, texts) -> int."""
+    return count_chunks if mode == "chunk" else emphasis.count_chunks
+
+
 def _encode(text_encoder, tokenizer, texts, device, clip_skip, mode, n_chunks=None, max_length=None, warn=True):
     if mode == "chunk":
         ids, _ = chunked_input_ids(tokenizer, texts, n_chunks)
@@ -115,7 +120,7 @@ def encode_prompt(text_encoder, tokenizer, prompt, device, num_images_per_prompt
         negatives = [emphasis.strip_extra_networks(t) for t in negatives] if negatives else negatives
     n_chunks = None
     if long_prompt != "truncate":
-        count = count_chunks if long_prompt == "chunk" else emphasis.count_chunks
+        count = chunk_counter(long_prompt)
         if prompt_embeds is None:
             n_chunks = count(tokenizer, texts + (negatives or []))
         else:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..text import emphasis
-from ..text.chunks import chunked_input_ids, count_chunks, flatten_chunks, merge_chunks
-from .sd import LONG_PROMPT_MODES, as_list, tokenize_truncated
+from ..text.chunks import chunked_input_ids, flatten_chunks, merge_chunks
+from .sd import LONG_PROMPT_MODES, as_list, chunk_counter, tokenize_truncated
 
 
 def _run_tower(text_encoder, ids: torch.Tensor, device, clip_skip):
@@ -61,7 +61,7 @@ def _encode(pairs, texts_per_tower, device, clip_skip, mode="truncate", n_chunks
 
 
 def _count(pairs, texts_per_tower, mode) -> int:
-    count = count_chunks if mode == "chunk" else emphasis.count_chunks
+    count = chunk_counter(mode)
     return max(count(tok, texts) for (_, tok), texts in zip(pairs, texts_per_tower) if texts)
 
 
@@ -101,7 +101,8 @@ def encode_prompt(text_encoder, text_encoder_2, tokenizer, tokenizer_2, prompt, 
     clean = emphasis.strip_extra_networks if long_prompt == "a1111" else (lambda text: text)
 
     def tower_texts(first, second):
-        return [convert([clean(t) for t in texts], tok) for texts, (_, tok) in zip([first, second][-len(pairs):], pairs)]
+        per_tower = [first, second][-len(pairs):]
+        return [convert([clean(t) for t in texts], tok) for texts, (_, tok) in zip(per_tower, pairs)]
 
     texts = as_list(prompt, "prompt") if prompt is not None else None
     batch = len(texts) if texts is not None else prompt_embeds.shape[0]

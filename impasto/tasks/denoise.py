@@ -64,7 +64,8 @@ def denoise(pipe, scheduler, latents: torch.Tensor, timesteps, state: dict, num_
     `state` holds the tensors a callback may read or replace: "prompt_embeds" is the batched UNet context
     ([negative, positive] when guiding); with "prompt_schedule" ([(last call, context), ...], A1111's prompt
     editing) UNet call i takes the first context whose last call is at least i (the last one after them): a
-    tensor for "prompt_embeds", or a dict of state entries (SDXL's pooled "add_text_embeds" too). `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
+    tensor for "prompt_embeds", or a dict of state entries (SDXL's pooled "add_text_embeds" too).
+    `unet_kwargs(state)` adds model inputs (SDXL's added_cond_kwargs).
     `model_input(x, state)` may extend the scaled UNet input (inpainting UNets' mask channels);
     `after_step(i, state)` may update `state` after each scheduler step, before the callback (inpainting's blend).
     `residuals(i, t, x, state)` returns further UNet kwargs computed from the step's scaled input `x` (ControlNet's

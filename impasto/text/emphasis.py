@@ -22,6 +22,8 @@ import re
 
 import torch
 
+from .chunks import wrap_chunk
+
 logger = logging.getLogger("impasto")
 
 ROUND, SQUARE = 1.1, 1 / 1.1
@@ -124,7 +126,7 @@ class _Chunks:
 
     def close(self):
         fill = CHUNK - len(self.ids)
-        ids = [self.bos, *self.ids, self.eos] + [self.pad] * fill
+        ids = wrap_chunk(self.ids, self.bos, self.eos, self.pad, CHUNK)
         self.done.append((ids, [1.0, *self.weights, 1.0] + [1.0] * fill))
         self.ids, self.weights, self.last_comma = [], [], -1
 
@@ -175,7 +177,7 @@ def weighted_chunks(tokenizer, text: str) -> list[tuple[list[int], list[float]]]
 
 def empty_chunk(tokenizer) -> tuple[list[int], list[float]]:
     bos, eos, pad, _ = _special_ids(tokenizer)
-    return [bos, eos] + [pad] * CHUNK, [1.0] * (CHUNK + 2)
+    return wrap_chunk([], bos, eos, pad, CHUNK), [1.0] * (CHUNK + 2)
 
 
 def count_chunks(tokenizer, texts: list[str]) -> int:

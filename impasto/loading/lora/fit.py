@@ -27,7 +27,8 @@ def fit(layer: nn.Module, name: str, w):
                              f"{shape}; is this LoRA for another model?")
         w = DeltaWeights(d.reshape(shape), w.bias(), w.kind)
     if tuple(w.weight.shape) != shape:
-        raise ValueError(f"LoRA {name}: update of shape {tuple(w.weight.shape)} does not fit the layer's weight {shape}")
+        raise ValueError(f"LoRA {name}: update of shape {tuple(w.weight.shape)} does not fit the layer's weight "
+                         f"{shape}")
     bias = w.bias
     if bias is not None:
         if layer.bias is None or bias.numel() != layer.bias.numel():

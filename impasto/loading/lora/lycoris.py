@@ -24,7 +24,8 @@ FULL = ("diff", "diff_b", "alpha")  # alpha is read by no loader for full networ
 REFUSED = {"dora_scale": "DoRA (dora_scale)", "on_input": "LyCORIS IA3", "weight": "LyCORIS IA3",
            "a1.weight": "LyCORIS GLoRA", "a2.weight": "LyCORIS GLoRA", "b1.weight": "LyCORIS GLoRA",
            "b2.weight": "LyCORIS GLoRA", "w_norm": "LyCORIS norm", "b_norm": "LyCORIS norm",
-           "oft_blocks": "LyCORIS OFT/BOFT", "oft_diag": "LyCORIS OFT/BOFT", "lora_mid.weight": "LoCon with Tucker (lora_mid)"}
+           "oft_blocks": "LyCORIS OFT/BOFT", "oft_diag": "LyCORIS OFT/BOFT",
+           "lora_mid.weight": "LoCon with Tucker (lora_mid)"}
 
 
 def kind_of(suffixes) -> str | None:
